@@ -1,0 +1,3 @@
+from study._cli import main
+
+main()

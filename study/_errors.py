@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+
+class StudyError(Exception):
+    """Base class of every error raised by :mod:`study`."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SettingsError(StudyError, ValueError):
+    """A service setting (Ray address, tracking URI, storage URL, workdir) is invalid."""
+
+
+class SpecError(StudyError, ValueError):
+    """A study spec is malformed; ``field`` names the offending key."""

@@ -1,0 +1,98 @@
+"""Service settings: where Ray, MLflow and Optuna live.
+
+One object, resolved with the precedence CLI > environment > file (the study spec's
+``settings:`` section) > default. The environment names are the ones docker-compose.yml sets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from study._errors import SettingsError
+
+ENV_VARS: dict[str, str] = {
+    "ray_address": "NALU_STUDY_RAY_ADDRESS",
+    "tracking_uri": "NALU_STUDY_TRACKING_URI",
+    "storage": "NALU_STUDY_STORAGE",
+    "workdir": "NALU_STUDY_WORKDIR",
+}
+DEFAULT_WORKDIR = "studies"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Resolved settings for one study.
+
+    ``ray_address`` ``None`` starts (or joins) a local Ray instance. The embedded defaults put
+    MLflow's tracking store and Optuna's storage in SQLite files inside the study's folder.
+    """
+
+    ray_address: str | None
+    tracking_uri: str
+    storage: str
+    workdir: Path
+
+    def study_dir(self, study_name: str) -> Path:
+        return self.workdir / study_name
+
+
+def _validate(name: str, value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise SettingsError(f"setting {name!r} is empty", field=name)
+    if name == "ray_address":
+        ok = value == "auto" or value.startswith("ray://") or ":" in value
+        if not ok:
+            raise SettingsError(
+                f"ray_address must be 'auto', HOST:PORT or ray://HOST:PORT, got {value!r}",
+                field=name,
+            )
+    if name == "tracking_uri" and "://" not in value and not value.startswith("file:"):
+        raise SettingsError(
+            f"tracking_uri must be a URI such as sqlite:////abs/path.db or http://host:5000, "
+            f"got {value!r}",
+            field=name,
+        )
+    if name == "storage" and "://" not in value:
+        raise SettingsError(
+            f"storage must be a database URL such as sqlite:////abs/optuna.db or "
+            f"postgresql://user@host/db, got {value!r}",
+            field=name,
+        )
+    return value
+
+
+def resolve_settings(
+    study_name: str,
+    *,
+    cli: Mapping[str, str | None] | None = None,
+    file: Mapping[str, str | None] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve each setting from CLI, then environment, then file, then the default."""
+    cli = cli or {}
+    file = file or {}
+    env = os.environ if env is None else env
+    unknown = sorted((set(cli) | set(file)) - set(ENV_VARS))
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {unknown[0]!r}; allowed: {sorted(ENV_VARS)}", field=unknown[0]
+        )
+
+    def pick(name: str) -> str | None:
+        for source in (cli.get(name), env.get(ENV_VARS[name]), file.get(name)):
+            if source is not None and str(source) != "":
+                return _validate(name, str(source))
+        return None
+
+    workdir = Path(pick("workdir") or DEFAULT_WORKDIR).expanduser().resolve()
+    study_dir = workdir / study_name
+    return Settings(
+        ray_address=pick("ray_address"),
+        tracking_uri=pick("tracking_uri") or f"sqlite:///{study_dir / 'mlflow.db'}",
+        storage=pick("storage") or f"sqlite:///{study_dir / 'optuna.db'}",
+        workdir=workdir,
+    )
