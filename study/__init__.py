@@ -4,12 +4,32 @@ from __future__ import annotations
 
 from study._errors import SettingsError, SpecError, StudyError
 from study._settings import ENV_VARS, Settings, resolve_settings
+from study._spec import StudySpec, load_spec, parse_spec
+from study._studies import StudyStatus, list_studies, study_status
+from study._tracking import (
+    ROBUST_LOWER_BOUND,
+    StudyTracker,
+    TrackingError,
+    TrialTracker,
+    config_params,
+)
 
 __all__ = [
     "ENV_VARS",
+    "ROBUST_LOWER_BOUND",
     "Settings",
     "SettingsError",
     "SpecError",
     "StudyError",
+    "StudySpec",
+    "StudyStatus",
+    "StudyTracker",
+    "TrackingError",
+    "TrialTracker",
+    "config_params",
+    "list_studies",
+    "load_spec",
+    "parse_spec",
     "resolve_settings",
+    "study_status",
 ]

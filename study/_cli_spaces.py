@@ -1,7 +1,74 @@
+"""``nalu-study spaces list|show|validate``: the search spaces, shipped and written."""
+
 from __future__ import annotations
 
 import typer
 
+from search_spaces import (
+    InvalidSearchSpaceError,
+    SearchSpaceError,
+    list_presets,
+    load_space,
+    preset_text,
+)
+from search_spaces._yaml import load_yaml
+
+spaces = typer.Typer(
+    name="spaces",
+    help="Search spaces: list the shipped presets, show one resolved, validate a file.",
+    no_args_is_help=True,
+)
+
+_EXIT_INVALID = 2
+
+
+def _fail(err: SearchSpaceError) -> typer.Exit:
+    errors = err.errors if isinstance(err, InvalidSearchSpaceError) else [err]
+    for error in errors:
+        typer.echo(f"error: {error}", err=True)
+    return typer.Exit(code=_EXIT_INVALID)
+
+
+@spaces.command("list")
+def list_spaces() -> None:
+    """The shipped search spaces, with their tasks and a one-line description."""
+    for name in list_presets():
+        # read, not validated: listing should be instant (spaces show NAME validates)
+        data = load_yaml(preset_text(name))
+        description = " ".join(str(data.get("description", "")).split())
+        tasks = ",".join(data.get("tasks") or ["any"])
+        count = len(data.get("parameters") or {})
+        typer.echo(f"{name:<20} {tasks:<26} {count:>3} params  {description[:70]}")
+
+
+@spaces.command("show")
+def show(
+    name: str = typer.Argument(..., help="preset name or YAML file"),
+) -> None:
+    """Print a space as YAML with every default and target resolved."""
+    try:
+        space = load_space(name)
+    except SearchSpaceError as err:
+        raise _fail(err) from None
+    typer.echo(space.to_yaml(), nl=False)
+
+
+@spaces.command("validate")
+def validate(
+    file: str = typer.Argument(..., help="YAML file (or preset name) to check"),
+) -> None:
+    """Check a space against the units, options and tasks: exit 0 if valid, 2 otherwise."""
+    try:
+        space = load_space(file)
+    except SearchSpaceError as err:
+        raise _fail(err) from None
+    conditional = sum(p.conditional for p in space.parameters)
+    typer.echo(
+        f"{file}: valid search space {space.name!r}: {len(space.parameters)} parameters "
+        f"({conditional} conditional)"
+    )
+
 
 def register(app: typer.Typer) -> None:
     """Adds this module's commands to ``app``."""
+    app.add_typer(spaces, name="spaces")

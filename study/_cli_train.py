@@ -1,7 +1,320 @@
+"""``nalu-study train``: train many seeds of one configuration and report its robustness."""
+
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from nalu_core import ConfigError, ModelConfig, RunConfig, TaskConfig, TrainConfig
+
+# where a ConfigError's field comes from on the command line
+_FIELD_FLAGS: dict[str, str] = {
+    "task.name": "--task",
+    "task.op": "--op",
+    "task.options.input_size": "--input-size",
+    "task.options.interpolation": "--interpolation",
+    "task.options.extrapolation": "--extrapolation",
+    "task.options.range_preset": "--range-preset",
+    "task.options.mnist_dir": "--mnist-dir",
+    "model.layers": "--depth",
+    "depth": "--depth",
+    "hidden_size": "--hidden-size",
+    "model.hidden_size": "--hidden-size",
+}
+_TRAIN_FLAGS = {
+    "seeds",
+    "seed",
+    "steps",
+    "lr",
+    "optimizer",
+    "batch_size",
+    "clip",
+    "clip_value",
+    "eval_every",
+    "device",
+}
+
+
+def _flag_for(field: str | None) -> str:
+    if not field:
+        return "--config"
+    name = field.removeprefix("train.")
+    if name in _TRAIN_FLAGS:
+        return "--" + name.replace("_", "-")
+    if field in _FIELD_FLAGS:
+        return _FIELD_FLAGS[field]
+    if field.startswith("task.options."):
+        return f"--task-option {field.removeprefix('task.options.')}"
+    match = re.fullmatch(r"model\.layers\[\d+\]\.(unit|options\.(.+))", field)
+    if match:
+        return "--unit" if match.group(1) == "unit" else f"--option {match.group(2)}"
+    return "--config"
+
+
+def _usage_error(err: ConfigError) -> typer.BadParameter:
+    # typer vendors click: only its own exception types become exit code 2 with a message
+    return typer.BadParameter(str(err), param_hint=_flag_for(err.field))
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint=flag)
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def _load_config(path: Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig(task=TaskConfig(name="static", op="add"))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise typer.BadParameter(f"cannot read {path}: {err}", param_hint="--config") from err
+    try:
+        return RunConfig.from_dict(data or {})
+    except ConfigError as err:
+        raise typer.BadParameter(f"{path}: {err}", param_hint="--config") from err
+
+
+def build_run_config(base: RunConfig, **flags: Any) -> RunConfig:
+    """Applies the command-line ``flags`` (None = not given) on top of ``base``."""
+    task_options: dict[str, Any] = dict(flags.pop("task_options"))
+    unit_options: dict[str, Any] = dict(flags.pop("unit_options"))
+    name = flags["task"] or base.task.name
+    options = dict(base.task.options) if name == base.task.name else {}
+    for key in ("input_size", "interpolation", "extrapolation", "range_preset", "mnist_dir"):
+        if flags.get(key) is not None:
+            options[key] = flags[key]
+    if flags["range_preset"] is not None:
+        options.pop("interpolation", None)
+        options.pop("extrapolation", None)
+    options |= task_options
+    task = TaskConfig(name=name, op=flags["op"] or base.task.op, options=options)
+
+    model = base.model
+    if flags["unit"] is not None or flags["depth"] is not None or unit_options:
+        first = model.layers[0]
+        unit = flags["unit"] or first.unit
+        layer_options = dict(first.options) if unit == first.unit else {}
+        model = ModelConfig.stacked(
+            unit,
+            depth=flags["depth"] if flags["depth"] is not None else model.depth,
+            hidden_size=model.hidden_size,
+            options=layer_options | unit_options,
+        )
+    if flags["hidden_size"] is not None:
+        model = ModelConfig(layers=model.layers, hidden_size=flags["hidden_size"])
+
+    train_changes = {k: flags[k] for k in _TRAIN_FLAGS if flags.get(k) is not None}
+    train: TrainConfig = dataclasses.replace(base.train, **train_changes)
+    return RunConfig(task=task, model=model, train=train)
+
+
+def _validate(config: RunConfig) -> None:
+    from nalu_core import build_task, resolve_device
+    from nalu_core._network import validate_model_config
+
+    build_task(config.task)
+    validate_model_config(config.model)
+    resolve_device(config.train.device)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3g}"
+
+
+def _summary(console: Console, result: Any) -> None:
+    m = result.metrics()
+    lo, hi = result.success_ci
+    n = len(result.seeds)
+    successes = sum(s.success for s in result.seeds)
+    table = Table(title="nalu-study train: summary")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(
+        "success rate (Wilson 95% CI)",
+        f"{successes}/{n} = {m['success_rate']:.0%} [{lo:.0%}, {hi:.0%}]",
+    )
+    table.add_row("threshold (extrapolation MSE)", _fmt(result.threshold))
+    table.add_row("median extrapolation MSE", _fmt(m["extrapolation_mse_median"]))
+    table.add_row("median interpolation MSE", _fmt(m["interpolation_mse_median"]))
+    table.add_row("median solved-at step", _fmt(m["solved_at_median"]))
+    table.add_row("median sparsity error", _fmt(m["sparsity_error_median"]))
+    table.add_row("diverged", f"{int(m['diverged'])}/{n}")
+    table.add_row("train seconds", f"{result.train_seconds:.1f}")
+    console.print(table)
+    if result.division_probe:
+        probe = Table(title="division probe (best interpolation step, non-diverged replicas)")
+        probe.add_column("|denominator|")
+        probe.add_column("median relative error", justify="right")
+        probe.add_column("median MSE", justify="right")
+        for b in result.division_probe["bins"]:
+            probe.add_row(
+                f"{b['lo']:g}..{b['hi']:g}",
+                _fmt(b["relative_error_median"]),
+                _fmt(b["mse_median"]),
+            )
+        console.print(probe)
+
+
+def train(
+    unit: Annotated[
+        str | None, typer.Option(help="Unit of every layer (nau, nmu, nalu, mlp, ...).")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="Registered task name (default static).")
+    ] = None,
+    op: Annotated[
+        str | None, typer.Option(help="Operation: add, sub, mul, div, square, sqrt.")
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Replicas trained at once (seeds seed..seed+N-1).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="First seed.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Inputs of the static task (2: single module).")
+    ] = None,
+    interpolation: Annotated[
+        str | None, typer.Option(help="Training range, e.g. 1,2 or -6,-2;2,6.")
+    ] = None,
+    extrapolation: Annotated[
+        str | None, typer.Option(help="Extrapolation range, e.g. 2,6.")
+    ] = None,
+    range_preset: Annotated[
+        str | None, typer.Option(help="Named range pair, e.g. madsen_1_2.")
+    ] = None,
+    depth: Annotated[int | None, typer.Option(help="Number of layers (1..4).")] = None,
+    hidden_size: Annotated[int | None, typer.Option(help="Width of the hidden layers.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam, rmsprop or sgd.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size per replica and step.")
+    ] = None,
+    clip: Annotated[
+        str | None, typer.Option(help="Gradient clipping: none, value or norm.")
+    ] = None,
+    clip_value: Annotated[float | None, typer.Option(help="Clipping bound.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    config: Annotated[Path | None, typer.Option(help="RunConfig YAML; flags override it.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the result here (JSON).")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Unit option key=value (repeatable).")
+    ] = None,
+    task_option: Annotated[
+        list[str] | None, typer.Option(help="Task option key=value (repeatable).")
+    ] = None,
+    mnist_dir: Annotated[
+        Path | None,
+        typer.Option(help="MNIST IDX files (raw or .gz) for mnist-count/mnist-add."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train SEEDS replicas of one configuration; print success rate and summary."""
+    from nalu_core import PopulationTrainer
+
+    base = _load_config(config)
+    try:
+        run_config = build_run_config(
+            base,
+            unit=unit,
+            task=task,
+            op=op,
+            seeds=seeds,
+            seed=seed,
+            steps=steps,
+            input_size=input_size,
+            interpolation=interpolation,
+            extrapolation=extrapolation,
+            range_preset=range_preset,
+            depth=depth,
+            hidden_size=hidden_size,
+            lr=lr,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            clip=clip,
+            clip_value=clip_value,
+            eval_every=eval_every,
+            device=device,
+            unit_options=_parse_pairs(option or [], "--option"),
+            task_options=_parse_pairs(task_option or [], "--task-option"),
+            mnist_dir=str(mnist_dir) if mnist_dir is not None else None,
+        )
+        _validate(run_config)
+        trainer = PopulationTrainer(run_config)
+    except ConfigError as err:
+        raise _usage_error(err) from err
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("training", total=run_config.train.steps)
+        for report in trainer.run():
+            m = report.metrics()
+            progress.update(
+                bar,
+                completed=report.step,
+                description=f"success {m['success_rate']:.0%}, "
+                f"extrap MSE {_fmt(m['extrapolation_mse_median'])}",
+            )
+    result = trainer.result()
+    _summary(Console(), result)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False))
 
 
 def register(app: typer.Typer) -> None:
     """Adds this module's commands to ``app``."""
+    app.command("train")(train)

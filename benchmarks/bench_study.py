@@ -1,0 +1,174 @@
+"""Study overhead: where the wall time of a real study goes.
+
+Runs a shipped study spec (the ``quick`` demo by default) through ``study._launch.launch``
+exactly as ``nalu-study launch`` does (Ray Tune, Optuna, MLflow, checkpoints; SQLite stores
+in a fresh work directory), then splits its wall time into:
+
+- training: the trainers' own ``train_seconds`` (steps and evaluations), summed over trials;
+- in-trial overhead: each trial's wall time minus its training: building the trainer (task
+  threshold, evaluation sets), MLflow logging and artifacts, checkpoints. Trainer set-up and
+  checkpoint writes are timed separately here on the same configuration, MLflow is the rest;
+- scheduling overhead: the idle slot-time of the Tune run (``slots x wall - trial wall``):
+  Ray start-up, actor start, Optuna's ask/tell and pruning decisions, result processing;
+- outside Tune: the launch's wall time beyond the Tune run (study record, MLflow
+  experiment and parent run, storage checks);
+- imports: importing ray, optuna and mlflow (paid once per CLI call).
+
+The overhead fraction is 1 - training / (slots x launch wall): the share of the slot-time
+the study had that did not go into training.
+
+    python benchmarks/bench_study.py                     # the demo study, as shipped
+    python benchmarks/bench_study.py --json out.json
+    python benchmarks/bench_study.py --smoke-test        # one tiny trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _timed_imports() -> float:
+    start = time.perf_counter()
+    import mlflow  # noqa: F401
+    import optuna  # noqa: F401
+    import ray  # noqa: F401
+    from ray import tune  # noqa: F401
+
+    return time.perf_counter() - start
+
+
+def component_costs(spec: Any) -> dict[str, float]:
+    """Trainer set-up and one checkpoint write, timed on the spec's first task."""
+    from nalu_core import ModelConfig, PopulationTrainer, RunConfig, TrainConfig
+    from study._launch import _save_state
+
+    task = spec.tasks[0]
+    train = TrainConfig(**spec.training.train_overrides())
+    config = RunConfig(task=task, model=ModelConfig.stacked("nau"), train=train)
+    start = time.perf_counter()
+    trainer = PopulationTrainer(config)
+    setup = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        for _ in range(5):
+            _save_state(Path(tmp) / "state.pt", trainer.state_dict())
+        checkpoint = (time.perf_counter() - start) / 5
+    return {"trainer_setup_seconds": setup, "checkpoint_seconds": checkpoint}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    imports = _timed_imports()
+    from study._launch import launch
+    from study._settings import resolve_settings
+    from study._spec import load_spec
+
+    overrides: dict[str, Any] = {"name": f"bench-{args.spec}-{os.getpid()}"}
+    if args.smoke_test:
+        overrides |= {
+            "tasks": [{"name": "static", "ops": ["add"], "options": {"input_size": 2}}],
+            "training.steps": 40,
+            "training.eval_every": 20,
+            "budget.num_samples": 1,
+            "budget.max_concurrent": 1,
+        }
+    spec = load_spec(args.spec, overrides=overrides)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-study-"))
+    settings = resolve_settings(spec.name, cli={"workdir": str(workdir)}, env={})
+    lines: list[str] = []
+    try:
+        start = time.perf_counter()
+        result = launch(spec, settings, echo=lines.append)
+        launch_wall = time.perf_counter() - start
+        stats = dict(result.stats)
+        costs = component_costs(spec)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    trials = stats.get("trials", 0.0)
+    slots = stats.get("slots") or 1.0
+    train = stats.get("trial_train_seconds", 0.0)
+    in_trial = stats.get("trial_wall_seconds", 0.0) - train
+    setup = costs["trainer_setup_seconds"] * trials
+    evaluations = spec.training.steps // spec.training.eval_every
+    checkpoints = (evaluations // spec.training.checkpoint_every + 1) * trials
+    checkpoint = costs["checkpoint_seconds"] * checkpoints
+    tune_wall = stats.get("study_wall_seconds", 0.0)
+    split = {
+        "training": train,
+        "trainer_setup": setup,
+        "checkpoints": checkpoint,
+        "mlflow_and_rest_of_trial": max(0.0, in_trial - setup - checkpoint),
+        "scheduling": slots * tune_wall - stats.get("trial_wall_seconds", 0.0),
+        "outside_tune": slots * (launch_wall - tune_wall),
+    }
+    slot_time = slots * launch_wall
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": {
+            "node": platform.node(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "load_average": list(os.getloadavg()),
+        },
+        "spec": args.spec,
+        "trials": trials,
+        "slots": slots,
+        "launch_wall_seconds": launch_wall,
+        "import_seconds": imports,
+        "stats": stats,
+        "components": costs,
+        "slot_seconds": split,
+        "overhead_fraction": 1.0 - train / slot_time if slot_time > 0 else float("nan"),
+        "tasks": [
+            {"key": t.key, "counts": dict(t.counts)} for t in result.tasks
+        ]
+        if all(hasattr(t, "key") and hasattr(t, "counts") for t in result.tasks)
+        else [],
+    }
+    print(
+        f"{int(trials)} trial(s), {int(slots)} slot(s), launch wall {launch_wall:.1f}s "
+        f"(+{imports:.1f}s imports); load {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    )
+    for name, seconds in split.items():
+        print(f"  {name:26s} {seconds:8.1f} slot-s  {100 * seconds / slot_time:5.1f}%")
+    print(f"overhead: {100 * report['overhead_fraction']:.1f}% of the slot-time")
+    return report
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", default="quick", help="a shipped spec name or a spec file")
+    parser.add_argument("--workdir", default=None, help="keep the study here (default: temp)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--smoke-test", action="store_true", help="one tiny trial")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run(args)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+    if args.smoke_test:
+        return 0 if report["trials"] >= 1 and report["slot_seconds"]["training"] > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The dashboard's one entry point for data: every page and API call goes through here."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from dashboards import _views as views
+from dashboards._data import (
+    MlflowSource,
+    Trial,
+    read_json,
+    read_parquet_records,
+)
+from dashboards._errors import DashboardError
+from dashboards._importance import DEFAULT_EVALUATOR, check_evaluator, importance
+from dashboards._models import (
+    CurvePoint,
+    DivisionCurve,
+    DivisionResponse,
+    ImportanceResponse,
+    LeaderboardResponse,
+    MadsenTableResponse,
+    ParallelResponse,
+    ScatterResponse,
+    SeedRow,
+    StudiesResponse,
+    TrialResponse,
+)
+
+CURVE_KEYS = (
+    "success_rate",
+    "interpolation_mse_median",
+    "extrapolation_mse_median",
+    "extrapolation_mse_q25",
+    "extrapolation_mse_q75",
+)
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value: Any) -> int | None:
+    number = _finite(value)
+    return int(number) if number is not None else None
+
+
+def _bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def seed_rows(records: list[dict[str, Any]]) -> list[SeedRow]:
+    return [
+        SeedRow(
+            seed=int(r.get("seed", i)),
+            interpolation_mse=_finite(r.get("interpolation_mse")),
+            extrapolation_mse=_finite(r.get("extrapolation_mse")),
+            success=_bool(r.get("success")),
+            solved_at=_int(r.get("solved_at")),
+            sparsity_error=_finite(r.get("sparsity_error")),
+            diverged=_bool(r.get("diverged")),
+        )
+        for i, r in enumerate(records)
+    ]
+
+
+class Dashboard:
+    """Reads one tracking store (and optionally one Optuna storage) for all views."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        storage: str | None = None,
+        ttl: float = 30.0,
+        ui_url: str | None = None,
+    ) -> None:
+        self.source = MlflowSource(tracking_uri, ttl=ttl, ui_url=ui_url)
+        self.storage = storage
+        # Importance can take seconds (fANOVA fits a forest): one worker, results kept per
+        # read of the trials.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="importance")
+        self._importance: dict[tuple[object, ...], Future[ImportanceResponse]] = {}
+        self._lock = threading.Lock()
+        # optuna's first import takes seconds; pay it on the worker, not in the first view
+        self._pool.submit(importlib.import_module, "optuna.importance")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.source.tracking_uri
+
+    def run_url(self, trial: Trial) -> str | None:
+        return self.source.run_url(trial.experiment_id, trial.run_id)
+
+    def trials(self, study: str) -> list[Trial]:
+        return self.source.trials(study)
+
+    def studies(self) -> StudiesResponse:
+        summaries = [
+            views.study_summary(exp.name, exp.experiment_id, self.source.trials(exp.name))
+            for exp in self.source.experiments()
+        ]
+        return StudiesResponse(tracking_uri=self.tracking_uri, studies=summaries)
+
+    def studies_slices(self, study: str) -> list[str]:
+        return views.slices(self.trials(study))
+
+    def leaderboard(
+        self, study: str, *, task: str | None = None, op: str | None = None, top: int = 50
+    ) -> LeaderboardResponse:
+        return views.leaderboard(
+            study, self.trials(study), task=task, op=op, top=top, run_url=self.run_url
+        )
+
+    def table(self, study: str, *, task: str | None = None) -> MadsenTableResponse:
+        return views.madsen_table(study, self.trials(study), task=task)
+
+    def probe(self, trial: Trial) -> Any:
+        return self.source.artifact(trial.run_id, "division_probe.json", reader=read_json)
+
+    def division(
+        self, study: str, *, task: str | None = None, op: str = "div"
+    ) -> DivisionResponse:
+        return views.division(study, self.trials(study), probe=self.probe, task=task, op=op)
+
+    def importance(
+        self,
+        study: str,
+        *,
+        task: str | None = None,
+        op: str | None = None,
+        evaluator: str = DEFAULT_EVALUATOR,
+        wait: float | None = None,
+    ) -> ImportanceResponse:
+        """Importance, computed once per (trials read, slice, evaluator) on a worker thread.
+
+        Waits up to ``wait`` seconds (``None``: until done); a slower evaluator gives a
+        ``pending`` answer so the page stays fast and the next view has the result.
+        """
+        check_evaluator(evaluator)
+        trials = self.trials(study)
+        key = (study, task, op, evaluator, id(trials))
+        with self._lock:
+            future = self._importance.get(key)
+            if future is None:
+                future = self._pool.submit(
+                    importance,
+                    study,
+                    trials,
+                    task=task,
+                    op=op,
+                    evaluator=evaluator,
+                    storage=self.storage,
+                )
+                self._importance[key] = future
+                while len(self._importance) > 32:  # old reads of the trials
+                    self._importance.pop(next(iter(self._importance)))
+        try:
+            return future.result(timeout=wait)
+        except TimeoutError:
+            return ImportanceResponse(
+                study=study,
+                task=task,
+                op=op,
+                evaluator=evaluator,
+                source="optuna" if self.storage else "mlflow",
+                target="success_rate",
+                trials=0,
+                importances=[],
+                note=f"computing {evaluator} importance in the background; reload shortly",
+                pending=True,
+            )
+        except DashboardError:
+            with self._lock:
+                self._importance.pop(key, None)
+            raise
+
+    def parallel(
+        self, study: str, *, task: str | None = None, op: str | None = None
+    ) -> ParallelResponse:
+        return views.parallel(study, self.trials(study), task=task, op=op)
+
+    def scatter(
+        self, study: str, *, task: str | None = None, op: str | None = None
+    ) -> ScatterResponse:
+        return views.scatter(study, self.trials(study), task=task, op=op)
+
+    def trial(self, run_id: str) -> TrialResponse:
+        trial, study = self.source.trial(run_id)
+        history = self.source.history(run_id, list(CURVE_KEYS))
+        records = self.source.artifact(run_id, "seeds.parquet", reader=read_parquet_records)
+        division: DivisionCurve | None = None
+        if trial.op == "div":
+            points = views.parse_probe(self.probe(trial))
+            division = views.division_curve(trial, points) if points else None
+        return TrialResponse(
+            trial=views.trial_row(trial, self.run_url),
+            study=study,
+            params=trial.params,
+            metrics=trial.metrics,
+            tags={k: v for k, v in trial.tags.items() if not k.startswith("mlflow.")},
+            curves={
+                k: [CurvePoint(step=s, value=v) for s, v in pts] for k, pts in history.items()
+            },
+            seeds=seed_rows(records or []),
+            division=division,
+            artifacts=self.source.artifact_names(run_id),
+        )

@@ -1,0 +1,556 @@
+"""Tasks: what a population of replicas learns and how it is evaluated.
+
+A task is a frozen, validated dataclass. It draws training batches from per-replica
+generators (replica ``p`` only ever touches ``generators[p]``, so a replica's data does not
+depend on the population size), builds fixed seeded evaluation sets, builds the model, and
+states the Madsen & Johansen (2020) success threshold. New tasks subclass :class:`Task` and
+are added with :func:`register_task`; the trainer knows nothing task-specific.
+
+The static arithmetic task follows Trask et al. (2018, §4.1) with the protocol of Madsen &
+Johansen (2020): ``x`` has ``input_size`` inputs drawn from a range, ``a`` and ``b`` are sums
+of two contiguous (possibly overlapping) subsets placed at a seeded offset, and ``t = a ∘ b``.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from nalu_core._config import ModelConfig, TaskConfig
+from nalu_core._errors import ConfigError
+
+Interval = tuple[float, float]
+Ranges = tuple[Interval, ...]
+Tensor = torch.Tensor
+
+# Madsen & Johansen's (2020) success criterion perturbs the exact solution by this much.
+THRESHOLD_EPSILON = 1e-5
+THRESHOLD_SAMPLES = 1_000_000
+
+
+class PopulationModule(Protocol):
+    """What the trainer needs from a model: ``nalu_core.PopulationNetwork`` satisfies it."""
+
+    def __call__(self, x: Tensor) -> Tensor: ...  # (P, B, ...) -> (P, B, out)
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]: ...
+
+    def reset_parameters(self, generators: list[torch.Generator] | None = None) -> None: ...
+
+    def regularization(self) -> Tensor: ...  # (P,)
+
+    def clamp_(self) -> None: ...
+
+    def sparsity_error(self) -> Tensor: ...  # (P,)
+
+
+@dataclass(frozen=True)
+class ProbeBin:
+    """One stratum of a probe set, e.g. the denominators with ``lo < |b| <= hi``."""
+
+    lo: float
+    hi: float
+    x: Tensor  # (N, in)
+    t: Tensor  # (N, out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task(abc.ABC):
+    """Base class of every task; subclasses are frozen dataclasses validated on creation."""
+
+    name: ClassVar[str]
+    op: str
+
+    @property
+    @abc.abstractmethod
+    def in_features(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def out_features(self) -> int: ...
+
+    @abc.abstractmethod
+    def sample(
+        self, generators: list[torch.Generator], batch_size: int, *, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """A fresh batch ``x (P, B, ...)``, ``t (P, B, out)``; replica p draws from generators[p].
+
+        The tensors live on the generators' device.
+        """
+
+    @abc.abstractmethod
+    def evaluation_sets(
+        self, generator: torch.Generator, n: int, *, dtype: torch.dtype
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Fixed sets shared by all replicas: ``{"interpolation": (x (N, ...), t (N, out)),
+        "extrapolation": (...)}``, on the generator's device."""
+
+    def build_model(
+        self,
+        model: ModelConfig,
+        *,
+        population: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> PopulationModule:
+        # imported here: the units live in their own modules and need not exist to validate
+        from nalu_core._network import build_network
+
+        network: PopulationModule = build_network(
+            model,
+            self.in_features,
+            self.out_features,
+            population=population,
+            device=device,
+            dtype=dtype,
+        )
+        return network
+
+    def loss(self, y: Tensor, t: Tensor) -> Tensor:
+        """Per-replica training loss ``(P,)`` of predictions ``y (P, B, out)``."""
+        return (y - t).pow(2).flatten(1).mean(1)
+
+    def threshold(self) -> float | None:
+        """The extrapolation MSE a replica must beat to count as a success; None: undefined."""
+        return None
+
+    def division_probe_sets(
+        self, generator: torch.Generator, n_per_bin: int, *, dtype: torch.dtype
+    ) -> list[ProbeBin]:
+        """Extrapolation sets stratified by |denominator|; empty for tasks without division."""
+        return []
+
+    def to_config(self) -> TaskConfig:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: ``builder(op, options)`` validates and returns the task."""
+
+    name: str
+    builder: Callable[[str, Mapping[str, Any]], Task]
+    ops: tuple[str, ...]
+    options: tuple[str, ...]
+    doc: str = ""
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    if spec.name in TASKS:
+        raise ValueError(f"task {spec.name!r} is already registered")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def build_task(task: TaskConfig) -> Task:
+    """Validates ``task`` and builds it; errors name ``task.name``, ``task.op`` or
+    ``task.options.<key>``. Building allocates no data."""
+    spec = TASKS.get(task.name)
+    if spec is None:
+        raise ConfigError(
+            f"unknown task {task.name!r}; registered: {sorted(TASKS)}", field="task.name"
+        )
+    if task.op not in spec.ops:
+        raise ConfigError(
+            f"task {task.name!r} has no op {task.op!r}; allowed: {list(spec.ops)}",
+            field="task.op",
+        )
+    unknown = sorted(set(task.options) - set(spec.options))
+    if unknown:
+        raise ConfigError(
+            f"unknown option task.options.{unknown[0]}; allowed: {sorted(spec.options)}",
+            field=f"task.options.{unknown[0]}",
+        )
+    return spec.builder(task.op, task.options)
+
+
+def validate_task_config(task: TaskConfig) -> None:
+    build_task(task)
+
+
+# --- ranges -------------------------------------------------------------------------------
+
+
+def parse_ranges(value: object, *, field: str) -> Ranges:
+    """Reads a range as ``(lo, hi)``, a list of such pairs (a union), or a string
+    ``"lo,hi"`` / ``"lo,hi;lo,hi"`` / ``"[lo,hi]u[lo,hi]"``."""
+    pairs: list[Sequence[object]]
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"\s*(?:;|\]\s*[uU∪]\s*\[)\s*", value.strip()) if p]
+        pairs = [p.strip("[] ").split(",") for p in parts]
+    elif (
+        isinstance(value, Sequence)
+        and value
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        pairs = [value]
+    elif isinstance(value, Sequence) and value:
+        pairs = [v if isinstance(v, Sequence) and not isinstance(v, str) else [v] for v in value]
+    else:
+        raise ConfigError(
+            f"{field} must be an interval lo,hi or a union of them: {value=}", field=field
+        )
+    intervals: list[Interval] = []
+    for pair in pairs:
+        try:
+            lo, hi = (float(str(v).strip()) for v in pair)
+        except ValueError as err:
+            raise ConfigError(
+                f"{field} must be an interval lo,hi or a union of them: {value=}", field=field
+            ) from err
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ConfigError(f"{field} needs finite lo < hi: {value=}", field=field)
+        intervals.append((lo, hi))
+    intervals.sort()
+    for (_, hi), (lo, _) in zip(intervals, intervals[1:], strict=False):
+        if lo < hi:
+            raise ConfigError(f"{field} has overlapping intervals: {value=}", field=field)
+    return tuple(intervals)
+
+
+def format_ranges(ranges: Ranges) -> str:
+    return "∪".join(f"U[{lo:g},{hi:g}]" for lo, hi in ranges)
+
+
+def uniform_to_ranges(u: Tensor, ranges: Ranges) -> Tensor:
+    """Maps ``u ~ U[0, 1)`` onto the union ``ranges``, each interval weighted by its length."""
+    if len(ranges) == 1:
+        lo, hi = ranges[0]
+        return u.mul_(hi - lo).add_(lo)
+    lengths = [hi - lo for lo, hi in ranges]
+    total = sum(lengths)
+    starts = torch.tensor(
+        [sum(lengths[:i]) / total for i in range(1, len(ranges))], dtype=u.dtype, device=u.device
+    )
+    index = torch.bucketize(u, starts, right=True)
+    # a point at offset v into the concatenated intervals lands at lo_k + (v - c_k)
+    shift = torch.tensor(
+        [lo - sum(lengths[:i]) for i, (lo, _) in enumerate(ranges)], dtype=u.dtype, device=u.device
+    )
+    return u.mul_(total).add_(shift[index])
+
+
+# Madsen & Johansen (2020), table of interpolation -> extrapolation ranges.
+# Mistry et al. (2022), single-module task: 9 pairs, used with input_size 2.
+RANGE_PRESETS: dict[str, tuple[Ranges, Ranges]] = {
+    "madsen_1_2": (((1.0, 2.0),), ((2.0, 6.0),)),
+    "madsen_neg2_neg1": (((-2.0, -1.0),), ((-6.0, -2.0),)),
+    "madsen_neg2_2": (((-2.0, 2.0),), ((-6.0, -2.0), (2.0, 6.0))),
+    "madsen_0_1": (((0.0, 1.0),), ((1.0, 5.0),)),
+    "madsen_0.1_0.2": (((0.1, 0.2),), ((0.2, 2.0),)),
+    "madsen_1.1_1.2": (((1.1, 1.2),), ((1.2, 6.0),)),
+    "madsen_10_20": (((10.0, 20.0),), ((20.0, 40.0),)),
+    "mistry_neg20_neg10": (((-20.0, -10.0),), ((-40.0, -20.0),)),
+    "mistry_neg2_neg1": (((-2.0, -1.0),), ((-6.0, -2.0),)),
+    "mistry_neg1.2_neg1.1": (((-1.2, -1.1),), ((-6.1, -1.2),)),
+    "mistry_neg0.2_neg0.1": (((-0.2, -0.1),), ((-2.0, -0.2),)),
+    "mistry_neg2_2": (((-2.0, 2.0),), ((-6.0, -2.0), (2.0, 6.0))),
+    "mistry_0.1_0.2": (((0.1, 0.2),), ((0.2, 2.0),)),
+    "mistry_1_2": (((1.0, 2.0),), ((2.0, 6.0),)),
+    "mistry_1.1_1.2": (((1.1, 1.2),), ((1.2, 6.0),)),
+    "mistry_10_20": (((10.0, 20.0),), ((20.0, 40.0),)),
+}
+
+# |denominator| strata of the division probe, in decades; the first reaches towards the
+# ε = 1e-7 that NAC• adds inside its log, the last covers ordinary denominators.
+DIVISION_PROBE_BINS: tuple[Interval, ...] = (
+    (1e-6, 1e-4),
+    (1e-4, 1e-3),
+    (1e-3, 1e-2),
+    (1e-2, 1e-1),
+    (1e-1, 1.0),
+    (1.0, 10.0),
+)
+
+
+# --- static arithmetic ---------------------------------------------------------------------
+
+STATIC_OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "square": lambda a, b: a * a,
+    "sqrt": lambda a, b: torch.sqrt(a),
+}
+
+
+def _perturbed_op(op: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """The op computed by its exact unit with every relevant weight 1 - eps (Madsen's
+    "near-perfect solution"): NAU for +/-, NMU for ×/a², a power unit for ÷/√."""
+    w = 1.0 - eps
+    if op == "add":
+        return w * a + w * b
+    if op == "sub":
+        return w * a - w * b
+    if op == "mul":
+        return (w * a + 1 - w) * (w * b + 1 - w)
+    if op == "square":
+        return (w * a + 1 - w) ** 2
+    if op == "div":
+        return torch.sign(a) * a.abs() ** w * torch.sign(b) * b.abs() ** -w
+    if op == "sqrt":
+        return a.abs() ** (w / 2)
+    raise AssertionError(op)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StaticArithmetic(Task):
+    """``t = a ∘ b`` with ``a``, ``b`` sums of two subsets of ``x ~ U(range)^input_size``.
+
+    ``input_size=2`` with ``subset_ratio=0.5, overlap_ratio=0`` (the defaults for 2 inputs)
+    is the single-module variant: ``a = x0``, ``b = x1``.
+    """
+
+    name: ClassVar[str] = "static"
+    input_size: int = 100
+    subset_ratio: float | None = None
+    overlap_ratio: float | None = None
+    subset_seed: int = 0
+    eval_seed: int = 0
+    interpolation: Ranges = ((1.0, 2.0),)
+    extrapolation: Ranges = ((2.0, 6.0),)
+    range_preset: str | None = None
+    epsilon: float = THRESHOLD_EPSILON
+    # derived in __post_init__: the half-open index ranges of the two subsets
+    a_slice: tuple[int, int] = field(init=False)
+    b_slice: tuple[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        f = "task.options."
+        if self.op not in STATIC_OPS:
+            raise ConfigError(
+                f"op must be one of {list(STATIC_OPS)}, got {self.op!r}", field="task.op"
+            )
+        _check_int(self.input_size, f + "input_size", minimum=2)
+        _check_int(self.subset_seed, f + "subset_seed", minimum=0)
+        _check_int(self.eval_seed, f + "eval_seed", minimum=0)
+        if not (isinstance(self.epsilon, int | float) and 0 < self.epsilon < 1):
+            raise ConfigError(f"epsilon must be in (0, 1): {self.epsilon=}", field=f + "epsilon")
+        two = self.input_size == 2
+        subset = self.subset_ratio if self.subset_ratio is not None else (0.5 if two else 0.25)
+        overlap = self.overlap_ratio if self.overlap_ratio is not None else (0.0 if two else 0.5)
+        for key, value, hi in (("subset_ratio", subset, 0.5), ("overlap_ratio", overlap, 1.0)):
+            if (
+                not isinstance(value, int | float)
+                or not 0 <= value <= hi
+                or isinstance(value, bool)
+            ):
+                raise ConfigError(f"{key} must be in [0, {hi}]: {value=}", field=f + key)
+        object.__setattr__(self, "subset_ratio", float(subset))
+        object.__setattr__(self, "overlap_ratio", float(overlap))
+        size = max(1, round(subset * self.input_size))
+        shared = math.floor(overlap * size)  # as in stable-nalu
+        span = 2 * size - shared
+        if span > self.input_size:
+            raise ConfigError(
+                f"subsets need {span} inputs but input_size is {self.input_size}",
+                field=f + "subset_ratio",
+            )
+        # the offset is part of the task: every replica and every split share it
+        gen = torch.Generator().manual_seed(self.subset_seed)
+        offset = int(torch.randint(0, self.input_size - span + 1, (1,), generator=gen))
+        object.__setattr__(self, "a_slice", (offset, offset + size))
+        object.__setattr__(self, "b_slice", (offset + size - shared, offset + span))
+        self._set_ranges()
+
+    def _set_ranges(self) -> None:
+        f = "task.options."
+        interpolation, extrapolation = self.interpolation, self.extrapolation
+        if self.range_preset is not None:
+            if self.range_preset not in RANGE_PRESETS:
+                raise ConfigError(
+                    f"unknown range_preset {self.range_preset!r}; known: {sorted(RANGE_PRESETS)}",
+                    field=f + "range_preset",
+                )
+            interpolation, extrapolation = RANGE_PRESETS[self.range_preset]
+        interpolation = parse_ranges(interpolation, field=f + "interpolation")
+        extrapolation = parse_ranges(extrapolation, field=f + "extrapolation")
+        if self.op == "sqrt":
+            for key, ranges in (
+                ("interpolation", interpolation),
+                ("extrapolation", extrapolation),
+            ):
+                if ranges[0][0] < 0:
+                    raise ConfigError(f"sqrt needs {key} >= 0: {ranges=}", field=f + key)
+        object.__setattr__(self, "interpolation", interpolation)
+        object.__setattr__(self, "extrapolation", extrapolation)
+
+    @property
+    def b_size(self) -> int:
+        return self.b_slice[1] - self.b_slice[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.input_size
+
+    @property
+    def out_features(self) -> int:
+        return 1
+
+    def _draw(self, x: Tensor, generator: torch.Generator, ranges: Ranges) -> Tensor:
+        x.uniform_(0.0, 1.0, generator=generator)
+        return uniform_to_ranges(x, ranges)
+
+    def _target(self, x: Tensor) -> Tensor:
+        a = x[..., self.a_slice[0] : self.a_slice[1]].sum(-1, keepdim=True)  # (..., 1)
+        b = x[..., self.b_slice[0] : self.b_slice[1]].sum(-1, keepdim=True)  # (..., 1)
+        return STATIC_OPS[self.op](a, b)
+
+    def sample(
+        self, generators: list[torch.Generator], batch_size: int, *, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        device = generators[0].device
+        x = torch.empty(len(generators), batch_size, self.input_size, device=device, dtype=dtype)
+        # one in-place draw per replica into its slice: cheap next to a training step, and
+        # replica p's stream stays independent of the population size
+        for p, generator in enumerate(generators):
+            x[p].uniform_(0.0, 1.0, generator=generator)
+        x = uniform_to_ranges(x, self.interpolation)  # (P, B, in)
+        return x, self._target(x)  # (P, B, in), (P, B, 1)
+
+    def evaluation_sets(
+        self, generator: torch.Generator, n: int, *, dtype: torch.dtype
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        sets = {}
+        for split, ranges in (
+            ("interpolation", self.interpolation),
+            ("extrapolation", self.extrapolation),
+        ):
+            x = torch.empty(n, self.input_size, device=generator.device, dtype=dtype)
+            x = self._draw(x, generator, ranges)  # (N, in)
+            sets[split] = (x, self._target(x))
+        return sets
+
+    def threshold(self) -> float:
+        return _static_threshold(self)
+
+    def division_probe_sets(
+        self, generator: torch.Generator, n_per_bin: int, *, dtype: torch.dtype
+    ) -> list[ProbeBin]:
+        if self.op != "div":
+            return []
+        a0, a1 = self.a_slice
+        b0, b1 = self.b_slice
+        # inputs of b that are not in a: shifting them moves b and leaves a alone
+        free = [i for i in range(b0, b1) if not a0 <= i < a1]
+        if not free:
+            return []
+        signs = {math.copysign(1.0, lo + hi) for lo, hi in self.extrapolation}
+        bins = []
+        for lo, hi in DIVISION_PROBE_BINS:
+            x = torch.empty(
+                n_per_bin, self.input_size, device=generator.device, dtype=torch.float64
+            )
+            x = self._draw(x, generator, self.extrapolation)  # (N, in)
+            u = torch.rand(n_per_bin, generator=generator, device=generator.device, dtype=x.dtype)
+            d = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))  # (N,) log-uniform
+            if len(signs) > 1:
+                flip = torch.rand(n_per_bin, generator=generator, device=generator.device) < 0.5
+                d = torch.where(flip, -d, d)
+            elif signs == {-1.0}:
+                d = -d
+            b = x[:, b0:b1].sum(-1)
+            x[:, free] += ((d - b) / len(free)).unsqueeze(-1)
+            bins.append(ProbeBin(lo=lo, hi=hi, x=x.to(dtype), t=self._target(x).to(dtype)))
+        return bins
+
+    def to_config(self) -> TaskConfig:
+        return TaskConfig(name=self.name, op=self.op, options=self.options())
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "input_size": self.input_size,
+            "subset_ratio": self.subset_ratio,
+            "overlap_ratio": self.overlap_ratio,
+            "subset_seed": self.subset_seed,
+            "eval_seed": self.eval_seed,
+            "interpolation": [list(r) for r in self.interpolation],
+            "extrapolation": [list(r) for r in self.extrapolation],
+            "epsilon": self.epsilon,
+        }
+
+    def uses_first_layer(self) -> bool:
+        """Whether the exact solution needs a summing layer before the op (else x = (a, b))."""
+        a0, a1 = self.a_slice
+        b0, b1 = self.b_slice
+        unary = self.op in ("square", "sqrt")
+        single = a1 - a0 == 1 and (unary or (b1 - b0 == 1 and a0 != b0))
+        used = 1 if unary else 2
+        return not (single and self.input_size == used)
+
+
+@functools.lru_cache(maxsize=256)
+def _static_threshold(task: StaticArithmetic) -> float:
+    """Madsen's threshold: the extrapolation MSE of the exact solution with relevant weights
+    1 - ε and irrelevant weights ε, simulated on 10^6 float64 samples from a fixed seed."""
+    gen = torch.Generator().manual_seed(1_234_567)
+    eps = task.epsilon
+    first = task.uses_first_layer()
+    mask_a = torch.full((task.input_size,), eps, dtype=torch.float64)
+    mask_b = mask_a.clone()
+    mask_a[task.a_slice[0] : task.a_slice[1]] = 1 - eps
+    mask_b[task.b_slice[0] : task.b_slice[1]] = 1 - eps
+    total, chunk, n = 0.0, 100_000, THRESHOLD_SAMPLES
+    for _ in range(n // chunk):
+        x = torch.empty(chunk, task.input_size, dtype=torch.float64)
+        x = task._draw(x, gen, task.extrapolation)  # (N, in)
+        t = task._target(x).squeeze(-1)  # (N,)
+        if first:
+            a, b = x @ mask_a, x @ mask_b  # (N,), (N,)
+        else:
+            a, b = x[:, task.a_slice[0]], x[:, task.b_slice[0]]
+        total += float((_perturbed_op(task.op, a, b, eps) - t).pow(2).sum())
+    return total / n
+
+
+def _check_int(value: object, name: str, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"{name.rsplit('.', 1)[-1]} must be an int >= {minimum}: {value=}", field=name
+        )
+
+
+_STATIC_OPTIONS = (
+    "input_size",
+    "subset_ratio",
+    "overlap_ratio",
+    "subset_seed",
+    "eval_seed",
+    "interpolation",
+    "extrapolation",
+    "range_preset",
+    "epsilon",
+)
+
+
+def _build_static(op: str, options: Mapping[str, Any]) -> Task:
+    if "range_preset" in options and ({"interpolation", "extrapolation"} & set(options)):
+        raise ConfigError(
+            "give either range_preset or interpolation/extrapolation, not both",
+            field="task.options.range_preset",
+        )
+    return StaticArithmetic(op=op, **options)
+
+
+register_task(
+    TaskSpec(
+        name="static",
+        builder=_build_static,
+        ops=tuple(STATIC_OPS),
+        options=_STATIC_OPTIONS,
+        doc="Static arithmetic (Trask 2018 §4.1, Madsen & Johansen 2020 protocol).",
+    )
+)

@@ -1,0 +1,858 @@
+"""Arithmetic units in population form.
+
+A unit built with ``population=P`` holds P independent replicas of its parameters: every
+parameter has a leading replica dim and the forward pass maps ``(P, B, in) -> (P, B, out)``
+with batched matmuls, never a Python loop over replicas. Replicas share no parameters, so one
+optimiser over the stacked tensors trains P independent models (Adam is elementwise).
+
+References: Trask et al. 2018 (NAC, NALU), Madsen & Johansen 2020 (NAU, NMU, R_sparse),
+Schlör et al. 2020 (iNALU), Heim et al. 2020 (NPU, RealNPU), Mistry et al. 2021 (NMRU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nalu_core._device import resolve_dtype
+from nalu_core._errors import ConfigError
+from nalu_core._registry import OptionSpec, RegularizerSchedule, register_unit
+
+Generators = Sequence[torch.Generator] | None
+WeightInit = Literal["madsen", "xavier_uniform", "normal"]
+GateMode = Literal["input", "constant"]
+
+# float32's machine epsilon: the NMRU reference guards its reciprocal with it.
+_F32_EPS = float(torch.finfo(torch.float32).eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeded, per-replica initialisation
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_generators(generators: Sequence[torch.Generator], population: int) -> None:
+    if len(generators) != population:
+        raise ValueError(f"need one generator per replica: {len(generators)=} != {population=}")
+
+
+@torch.no_grad()
+def _fill_(param: Tensor, generators: Generators, kind: str, a: float, b: float) -> None:
+    """Fill ``param`` (P, ...) from U[a, b] (``kind="uniform"``) or N(a, b) (``"normal"``).
+
+    Replica i draws from ``generators[i]`` on the generator's own device, so its values do not
+    depend on P nor on the device the module lives on. ``None`` uses torch's global RNG.
+    """
+    if generators is None:
+        if kind == "uniform":
+            param.uniform_(a, b)
+        else:
+            param.normal_(a, b)
+        return
+    _check_generators(generators, param.shape[0])
+    draws = []
+    for gen in generators:
+        draw = torch.empty(param.shape[1:], dtype=param.dtype, device=gen.device)
+        if kind == "uniform":
+            draw.uniform_(a, b, generator=gen)
+        else:
+            draw.normal_(a, b, generator=gen)
+        draws.append(draw)
+    param.copy_(torch.stack(draws))
+
+
+def _nac_optimal_r(fan_in: int, fan_out: int) -> float:
+    """r such that Ŵ, M̂ ~ U[-r, r] gives Var(tanh(Ŵ)σ(M̂)) = 2/fan (Madsen's stable-nalu).
+
+    Var(W)(r) = (1 - tanh(r)/r)(r - tanh(r/2)) / (2r) rises monotonically towards 1/2, so the
+    reference floors fan = fan_in + fan_out at 5 (target 0.4, r ≈ 9.6) and bisects on (0, 10].
+    """
+
+    def variance(r: float) -> float:
+        return (1 - math.tanh(r) / r) * (r - math.tanh(r / 2)) / (2 * r)
+
+    target = 2.0 / max(fan_in + fan_out, 5)
+    low, high = 1e-9, 10.0
+    for _ in range(80):
+        mid = (low + high) / 2
+        low, high = (mid, high) if variance(mid) < target else (low, mid)
+    return (low + high) / 2
+
+
+def _init_nac_pair_(
+    w_hat: Tensor, m_hat: Tensor, generators: Generators, scheme: str, mean: float, std: float
+) -> None:
+    """Initialise the Ŵ, M̂ pair (P, out, in) of a NAC-style weight."""
+    fan_out, fan_in = w_hat.shape[1], w_hat.shape[2]
+    for param in (w_hat, m_hat):
+        if scheme == "madsen":
+            r = _nac_optimal_r(fan_in, fan_out)
+            _fill_(param, generators, "uniform", -r, r)
+        elif scheme == "xavier_uniform":
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            _fill_(param, generators, "uniform", -bound, bound)
+        else:
+            _fill_(param, generators, "normal", mean, std)
+
+
+def _xavier_bound(fan_in: int, fan_out: int) -> float:
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared maths
+# ---------------------------------------------------------------------------------------------
+
+
+def _matmul(x: Tensor, weight: Tensor) -> Tensor:
+    # (P, B, in) @ (P, in, out) -> (P, B, out)
+    return torch.bmm(x, weight.transpose(1, 2))
+
+
+def _r_sparse(weight: Tensor) -> Tensor:
+    """Madsen's R_sparse: mean over the weights of min(|W|, 1 - |W|), per replica -> (P,)."""
+    w = weight.abs()
+    return torch.minimum(w, 1 - w).flatten(1).mean(dim=1)
+
+
+def _sparsity_error(*weights: Tensor) -> Tensor:
+    """Madsen's sparsity error: max over the weights of min(|W|, |1 - |W||), per replica (P,)."""
+    per_tensor = []
+    for weight in weights:
+        w = weight.detach().abs()
+        per_tensor.append(torch.minimum(w, (1 - w).abs()).flatten(1).amax(dim=1))
+    return torch.stack(per_tensor).amax(dim=0)
+
+
+def _product(x: Tensor, weight: Tensor) -> Tensor:
+    """NMU product z_j = prod_i (W_ji x_i + 1 - W_ji) for x (P, B, in), W (P, out, in)."""
+    w = weight.unsqueeze(1)  # (P, 1, out, in)
+    # (1 - W) + W x, in this order, is exact at W = 1 and W = 0 even for tiny x
+    terms = torch.addcmul(1 - w, w, x.unsqueeze(2))  # (P, B, out, in)
+    return terms.prod(dim=-1)  # (P, B, out)
+
+
+def _weight_options(default: str) -> dict[str, OptionSpec]:
+    return {
+        "weight_init": OptionSpec(
+            type=str,
+            default=default,
+            choices=("madsen", "xavier_uniform", "normal"),
+            doc="Ŵ/M̂ init: Madsen's variance-matched uniform, Glorot uniform, or "
+            "N(weight_mean, weight_std)",
+        ),
+        "weight_mean": OptionSpec(type=float, default=0.0, doc="mean of Ŵ/M̂ (normal only)"),
+        "weight_std": OptionSpec(type=float, default=0.1, low=0.0, doc="std of Ŵ/M̂ (normal only)"),
+    }
+
+
+_EPSILON = OptionSpec(
+    type=float, default=1e-7, low=0.0, doc="ε in log(|x| + ε), keeps the log finite at x = 0"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Base class
+# ---------------------------------------------------------------------------------------------
+
+
+class PopulationModule(nn.Module):
+    """Base of every population unit: P replicas of an ``in -> out`` layer.
+
+    Subclasses create parameters with :meth:`_parameter` and implement :meth:`forward` and
+    :meth:`reset_parameters`; the defaults of the other hooks suit units without a regulariser
+    or weight constraint.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("in_features", in_features),
+            ("out_features", out_features),
+            ("population", population),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}", field=name)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.population = population
+        self._factory: dict[str, Any] = {
+            "device": torch.device(device) if device is not None else None,
+            "dtype": resolve_dtype(dtype) if dtype is not None else torch.get_default_dtype(),
+        }
+
+    def _parameter(self, *shape: int) -> nn.Parameter:
+        return nn.Parameter(torch.empty(self.population, *shape, **self._factory))
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        raise NotImplementedError
+
+    def regularization(self) -> Tensor:
+        """Unscaled sparsity regulariser per replica (P,); zeros when the unit has none."""
+        return torch.zeros(self.population, **self._current())
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project the parameters back into their domain (after each optimiser step)."""
+
+    def sparsity_error(self) -> Tensor:
+        """Madsen's sparsity error per replica (P,); NaN where it is not meaningful."""
+        return torch.full((self.population,), math.nan, **self._current())
+
+    def _current(self) -> dict[str, Any]:
+        # the module may have been moved with .to() since construction
+        ref = next(self.parameters(), None)
+        if ref is None:
+            return self._factory
+        return {"device": ref.device, "dtype": ref.dtype}
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"population={self.population}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# NAC and NALU (Trask et al. 2018)
+# ---------------------------------------------------------------------------------------------
+
+
+class NAC(PopulationModule):
+    """Neural accumulator: W = tanh(Ŵ) ⊙ σ(M̂).
+
+    ``op="add"`` computes W x; ``op="mul"`` computes exp(W · log(|x| + ε)).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        op: Literal["add", "mul"] = "add",
+        epsilon: float = 1e-7,
+        weight_init: WeightInit = "madsen",
+        weight_mean: float = 0.0,
+        weight_std: float = 0.1,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, population=population, device=device, dtype=dtype
+        )
+        if op not in ("add", "mul"):
+            raise ConfigError(f"op must be 'add' or 'mul', got {op!r}", field="op")
+        self.op = op
+        self.epsilon = epsilon
+        self.weight_init, self.weight_mean, self.weight_std = weight_init, weight_mean, weight_std
+        self.W_hat = self._parameter(out_features, in_features)  # (P, out, in)
+        self.M_hat = self._parameter(out_features, in_features)  # (P, out, in)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        pair = (generators, self.weight_init, self.weight_mean, self.weight_std)
+        _init_nac_pair_(self.W_hat, self.M_hat, *pair)
+
+    def weight(self) -> Tensor:
+        return torch.tanh(self.W_hat) * torch.sigmoid(self.M_hat)  # (P, out, in)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.op == "add":
+            return _matmul(x, self.weight())
+        return torch.exp(_matmul(torch.log(x.abs() + self.epsilon), self.weight()))
+
+    def regularization(self) -> Tensor:
+        return _r_sparse(self.weight())
+
+    def sparsity_error(self) -> Tensor:
+        return _sparsity_error(self.weight())
+
+
+class NALU(PopulationModule):
+    """Neural arithmetic logic unit: y = g ⊙ a + (1 − g) ⊙ m.
+
+    a = W_a x and m = exp(W_m log(|x| + ε)), with W = tanh(Ŵ) ⊙ σ(M̂) shared between the paths
+    (Trask) or separate. The gate is σ(G x [+ b]) (``gate="input"``, Trask) or a learned
+    input-independent σ(c) per output (``gate="constant"``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        epsilon: float = 1e-7,
+        gate: GateMode = "input",
+        shared_weights: bool = True,
+        gate_bias: bool = False,
+        gate_init_mean: float = 0.0,
+        gate_init_std: float | None = None,
+        gate_init_bias: float = 0.0,
+        weight_init: WeightInit = "madsen",
+        weight_mean: float = 0.0,
+        weight_std: float = 0.1,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, population=population, device=device, dtype=dtype
+        )
+        if gate not in ("input", "constant"):
+            raise ConfigError(f"gate must be 'input' or 'constant', got {gate!r}", field="gate")
+        self.epsilon, self.gate, self.shared_weights = epsilon, gate, shared_weights
+        self.gate_init = (gate_init_mean, gate_init_std, gate_init_bias)
+        self.weight_init, self.weight_mean, self.weight_std = weight_init, weight_mean, weight_std
+        self.W_hat = self._parameter(out_features, in_features)  # (P, out, in)
+        self.M_hat = self._parameter(out_features, in_features)  # (P, out, in)
+        if not shared_weights:
+            self.W_hat_mul = self._parameter(out_features, in_features)  # (P, out, in)
+            self.M_hat_mul = self._parameter(out_features, in_features)  # (P, out, in)
+        if gate == "input":
+            self.G = self._parameter(out_features, in_features)  # (P, out, in)
+            self.gate_b = self._parameter(out_features) if gate_bias else None  # (P, out)
+        else:
+            self.G = self._parameter(out_features)  # (P, out): one logit per output
+            self.gate_b = None
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        pair = (generators, self.weight_init, self.weight_mean, self.weight_std)
+        _init_nac_pair_(self.W_hat, self.M_hat, *pair)
+        if not self.shared_weights:
+            _init_nac_pair_(self.W_hat_mul, self.M_hat_mul, *pair)
+        mean, std, bias = self.gate_init
+        if self.gate == "input" and std is None:
+            bound = _xavier_bound(self.in_features, self.out_features)
+            _fill_(self.G, generators, "uniform", mean - bound, mean + bound)
+        else:
+            # a constant gate starts at σ(mean + bias) unless a spread is asked for
+            offset = bias if self.gate == "constant" else 0.0
+            _fill_(self.G, generators, "normal", mean + offset, std or 0.0)
+        if self.gate_b is not None:
+            with torch.no_grad():
+                self.gate_b.fill_(bias)
+
+    def weights(self) -> tuple[Tensor, Tensor]:
+        """The (additive, multiplicative) weights, each (P, out, in)."""
+        w_add = torch.tanh(self.W_hat) * torch.sigmoid(self.M_hat)
+        if self.shared_weights:
+            return w_add, w_add
+        return w_add, torch.tanh(self.W_hat_mul) * torch.sigmoid(self.M_hat_mul)
+
+    def gate_values(self, x: Tensor) -> Tensor:
+        """g in (0, 1): (P, B, out) for an input gate, (P, 1, out) for a constant gate."""
+        if self.gate == "constant":
+            return torch.sigmoid(self.G).unsqueeze(1)
+        logits = _matmul(x, self.G)
+        if self.gate_b is not None:
+            logits = logits + self.gate_b.unsqueeze(1)
+        return torch.sigmoid(logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w_add, w_mul = self.weights()
+        a = _matmul(x, w_add)  # (P, B, out)
+        m = torch.exp(_matmul(torch.log(x.abs() + self.epsilon), w_mul))  # (P, B, out)
+        g = self.gate_values(x)
+        return g * a + (1 - g) * m
+
+    def regularization(self) -> Tensor:
+        w_add, w_mul = self.weights()
+        if self.shared_weights:
+            return _r_sparse(w_add)
+        return (_r_sparse(w_add) + _r_sparse(w_mul)) / 2
+
+    def sparsity_error(self) -> Tensor:
+        return _sparsity_error(*self.weights())
+
+
+# ---------------------------------------------------------------------------------------------
+# NAU and NMU (Madsen & Johansen 2020)
+# ---------------------------------------------------------------------------------------------
+
+
+class NAU(PopulationModule):
+    """Neural addition unit: a = W x with W clamped to [−1, 1]."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        clamp: bool = True,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, population=population, device=device, dtype=dtype
+        )
+        self.clamp = clamp
+        self.W = self._parameter(out_features, in_features)  # (P, out, in)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        std = math.sqrt(2.0 / (self.in_features + self.out_features))
+        r = min(0.5, math.sqrt(3.0) * std)
+        _fill_(self.W, generators, "uniform", -r, r)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _matmul(x, self.W)
+
+    def regularization(self) -> Tensor:
+        return _r_sparse(self.W)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        if self.clamp:
+            self.W.clamp_(-1.0, 1.0)
+
+    def sparsity_error(self) -> Tensor:
+        return _sparsity_error(self.W)
+
+
+class NMU(PopulationModule):
+    """Neural multiplication unit: z_j = ∏_i (W_ji x_i + 1 − W_ji) with W clamped to [0, 1]."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        clamp: bool = True,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, population=population, device=device, dtype=dtype
+        )
+        self.clamp = clamp
+        self.W = self._parameter(out_features, in_features)  # (P, out, in)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        _fill_(self.W, generators, "uniform", 0.25, 0.75)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _product(x, self.W)
+
+    def regularization(self) -> Tensor:
+        return _r_sparse(self.W)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        if self.clamp:
+            self.W.clamp_(0.0, 1.0)
+
+    def sparsity_error(self) -> Tensor:
+        return _sparsity_error(self.W)
+
+
+# ---------------------------------------------------------------------------------------------
+# iNALU (Schlör et al. 2020)
+# ---------------------------------------------------------------------------------------------
+
+
+class INALU(PopulationModule):
+    """Improved NALU: separate add/mul weights, an independent gate per output, sign recovery.
+
+    m = exp(min(W_m · log(max(|x|, ε)), ω)) ⊙ ∏_i (sgn(x_i)|W_m,i| + 1 − |W_m,i|).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        epsilon: float = 1e-7,
+        max_exponent: float = 20.0,
+        weight_init: WeightInit = "xavier_uniform",
+        weight_mean: float = 0.0,
+        weight_std: float = 0.1,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, population=population, device=device, dtype=dtype
+        )
+        self.epsilon, self.max_exponent = epsilon, max_exponent
+        self.weight_init, self.weight_mean, self.weight_std = weight_init, weight_mean, weight_std
+        self.W_hat_add = self._parameter(out_features, in_features)  # (P, out, in)
+        self.M_hat_add = self._parameter(out_features, in_features)  # (P, out, in)
+        self.W_hat_mul = self._parameter(out_features, in_features)  # (P, out, in)
+        self.M_hat_mul = self._parameter(out_features, in_features)  # (P, out, in)
+        self.G = self._parameter(out_features, in_features)  # (P, out, in)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        pair = (generators, self.weight_init, self.weight_mean, self.weight_std)
+        _init_nac_pair_(self.W_hat_add, self.M_hat_add, *pair)
+        _init_nac_pair_(self.W_hat_mul, self.M_hat_mul, *pair)
+        bound = _xavier_bound(self.in_features, self.out_features)
+        _fill_(self.G, generators, "uniform", -bound, bound)
+
+    def weights(self) -> tuple[Tensor, Tensor]:
+        w_add = torch.tanh(self.W_hat_add) * torch.sigmoid(self.M_hat_add)
+        w_mul = torch.tanh(self.W_hat_mul) * torch.sigmoid(self.M_hat_mul)
+        return w_add, w_mul
+
+    def forward(self, x: Tensor) -> Tensor:
+        w_add, w_mul = self.weights()
+        a = _matmul(x, w_add)  # (P, B, out)
+        log_x = torch.log(x.abs().clamp_min(self.epsilon))
+        m = torch.exp(_matmul(log_x, w_mul).clamp_max(self.max_exponent))  # (P, B, out)
+        # sign recovery: an input with |W| = 1 contributes its sign, |W| = 0 contributes +1
+        w_abs = w_mul.abs().unsqueeze(1)  # (P, 1, out, in)
+        sign = (torch.sign(x).unsqueeze(2) * w_abs + 1 - w_abs).prod(dim=-1)  # (P, B, out)
+        g = torch.sigmoid(_matmul(x, self.G))
+        return g * a + (1 - g) * m * sign
+
+    def regularization(self) -> Tensor:
+        w_add, w_mul = self.weights()
+        return (_r_sparse(w_add) + _r_sparse(w_mul)) / 2
+
+    def sparsity_error(self) -> Tensor:
+        return _sparsity_error(*self.weights())
+
+
+# ---------------------------------------------------------------------------------------------
+# NPU and RealNPU (Heim et al. 2020)
+# ---------------------------------------------------------------------------------------------
+
+
+class NPU(PopulationModule):
+    """Neural power unit with a relevance gate g ∈ [0, 1] per input.
+
+    r = g ⊙ (|x| + ε) + 1 − g, k = π g ⊙ [x < 0];
+    z = exp(W_re log r − W_im k) ⊙ cos(W_im log r + W_re k). ``real=True`` drops W_im (RealNPU).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        real: bool = False,
+        epsilon: float = 1e-7,
+        gate_init: float = 0.5,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, population=population, device=device, dtype=dtype
+        )
+        self.real, self.epsilon, self.gate_init = real, epsilon, gate_init
+        self.W_re = self._parameter(out_features, in_features)  # (P, out, in)
+        self.W_im = None if real else self._parameter(out_features, in_features)
+        self.g = self._parameter(in_features)  # (P, in)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        bound = _xavier_bound(self.in_features, self.out_features)
+        _fill_(self.W_re, generators, "uniform", -bound, bound)
+        with torch.no_grad():
+            # Heim et al.: imaginary weights start at 0, relevance gates at 0.5
+            if self.W_im is not None:
+                self.W_im.zero_()
+            self.g.fill_(self.gate_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = self.g.clamp(0.0, 1.0).unsqueeze(1)  # (P, 1, in)
+        r = g * (x.abs() + self.epsilon) + 1 - g  # (P, B, in)
+        k = g * (x < 0).to(x.dtype) * math.pi  # (P, B, in)
+        log_r = torch.log(r)
+        if self.W_im is None:
+            return torch.exp(_matmul(log_r, self.W_re)) * torch.cos(_matmul(k, self.W_re))
+        magnitude = torch.exp(_matmul(log_r, self.W_re) - _matmul(k, self.W_im))
+        return magnitude * torch.cos(_matmul(log_r, self.W_im) + _matmul(k, self.W_re))
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.g.clamp_(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# NMRU (Mistry et al. 2021)
+# ---------------------------------------------------------------------------------------------
+
+
+class NMRU(PopulationModule):
+    """Neural multiplication reciprocal unit: an NMU over [x, 1/x] (2·in inputs).
+
+    The reciprocal takes |x| >= ε (sign kept, 0 counted as positive) so it stays finite at 0.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        epsilon: float = _F32_EPS,
+        clamp: bool = True,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, population=population, device=device, dtype=dtype
+        )
+        self.epsilon, self.clamp = epsilon, clamp
+        self.W = self._parameter(out_features, 2 * in_features)  # (P, out, 2·in)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        _fill_(self.W, generators, "uniform", 0.25, 0.75)
+
+    def forward(self, x: Tensor) -> Tensor:
+        sign = torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+        reciprocal = sign / x.abs().clamp_min(self.epsilon)
+        return _product(torch.cat((x, reciprocal), dim=-1), self.W)  # (P, B, out)
+
+    def regularization(self) -> Tensor:
+        return _r_sparse(self.W)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        if self.clamp:
+            self.W.clamp_(0.0, 1.0)
+
+    def sparsity_error(self) -> Tensor:
+        return _sparsity_error(self.W)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines: linear and MLP layers (Trask et al. 2018, Table 1)
+# ---------------------------------------------------------------------------------------------
+
+ACTIVATIONS = (
+    "none",
+    "relu",
+    "relu6",
+    "tanh",
+    "sigmoid",
+    "softsign",
+    "selu",
+    "elu",
+    "leaky_relu",
+    "crelu",
+)
+
+
+def _activate(z: Tensor, name: str) -> Tensor:
+    if name == "none":
+        return z
+    if name == "crelu":
+        return torch.cat((F.relu(z), F.relu(-z)), dim=-1)
+    functions: dict[str, Callable[[Tensor], Tensor]] = {
+        "relu": F.relu,
+        "relu6": F.relu6,
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "softsign": F.softsign,
+        "selu": F.selu,
+        "elu": F.elu,
+        "leaky_relu": F.leaky_relu,
+    }
+    return functions[name](z)
+
+
+class Linear(PopulationModule):
+    """An affine layer W x + b followed by an activation (``"none"`` for the Linear baseline).
+
+    ``crelu`` outputs [relu(z), relu(−z)], doubling the width: the affine part then has
+    ⌈out/2⌉ units and the concatenation is cut to ``out_features`` (only an odd width loses
+    the last relu(−z), e.g. a 1-output crelu layer is a relu layer).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        population: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        activation: str = "none",
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            in_features, out_features, population=population, device=device, dtype=dtype
+        )
+        if activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}",
+                field="activation",
+            )
+        self.activation = activation
+        self.width = math.ceil(out_features / 2) if activation == "crelu" else out_features
+        self.W = self._parameter(self.width, in_features)  # (P, width, in)
+        self.b = self._parameter(self.width) if bias else None  # (P, width)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: Generators = None) -> None:
+        # torch.nn.Linear's default: U(±1/√in) for both W and b
+        bound = 1.0 / math.sqrt(self.in_features)
+        _fill_(self.W, generators, "uniform", -bound, bound)
+        if self.b is not None:
+            _fill_(self.b, generators, "uniform", -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = _matmul(x, self.W)  # (P, B, width)
+        if self.b is not None:
+            z = z + self.b.unsqueeze(1)
+        return _activate(z, self.activation)[..., : self.out_features]
+
+    def sparsity_error(self) -> Tensor:
+        if self.activation != "none":
+            return super().sparsity_error()
+        return _sparsity_error(self.W)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------------------------
+
+_CLAMP = OptionSpec(type=bool, default=True, doc="clamp W into its domain after each step")
+
+register_unit(
+    "nac_add",
+    NAC,
+    fixed={"op": "add"},
+    options=_weight_options("madsen"),
+    doc="NAC₊ (Trask 2018): W x with W = tanh(Ŵ) ⊙ σ(M̂)",
+)
+register_unit(
+    "nac_mul",
+    NAC,
+    fixed={"op": "mul"},
+    options={"epsilon": _EPSILON, **_weight_options("madsen")},
+    doc="NAC• (Trask 2018): exp(W · log(|x| + ε))",
+)
+register_unit(
+    "nalu",
+    NALU,
+    options={
+        "epsilon": _EPSILON,
+        "gate": OptionSpec(
+            type=str,
+            default="input",
+            choices=("input", "constant"),
+            doc="σ(G x) (Trask) or a learned input-independent gate",
+        ),
+        "shared_weights": OptionSpec(
+            type=bool, default=True, doc="one W for both paths (Trask) or separate W_a, W_m"
+        ),
+        "gate_bias": OptionSpec(type=bool, default=False, doc="add a learned bias to G x"),
+        "gate_init_mean": OptionSpec(type=float, default=0.0, doc="mean of the gate init"),
+        "gate_init_std": OptionSpec(
+            type=float,
+            default=None,
+            low=0.0,
+            nullable=True,
+            doc="std of a normal gate init; null: Glorot uniform (input gate) or 0 (constant)",
+        ),
+        "gate_init_bias": OptionSpec(
+            type=float,
+            default=0.0,
+            doc="initial gate bias (input gate with gate_bias) or offset (constant gate)",
+        ),
+        **_weight_options("madsen"),
+    },
+    doc="NALU (Trask 2018): g ⊙ (W x) + (1 − g) ⊙ exp(W log(|x| + ε))",
+)
+register_unit(
+    "nau",
+    NAU,
+    options={"clamp": _CLAMP},
+    regularizer=RegularizerSchedule(lambda_=0.01, start=5_000, end=50_000),
+    doc="NAU (Madsen 2020): W x with W clamped to [−1, 1]",
+)
+register_unit(
+    "nmu",
+    NMU,
+    options={"clamp": _CLAMP},
+    regularizer=RegularizerSchedule(lambda_=10.0, start=1_000_000, end=2_000_000),
+    doc="NMU (Madsen 2020): ∏_i (W_i x_i + 1 − W_i) with W clamped to [0, 1]",
+)
+register_unit(
+    "inalu",
+    INALU,
+    options={
+        "epsilon": OptionSpec(
+            type=float, default=1e-7, low=0.0, low_open=True, doc="log input clipped at ε"
+        ),
+        "max_exponent": OptionSpec(
+            type=float, default=20.0, low=0.0, low_open=True, doc="exponent cap ω"
+        ),
+        **_weight_options("xavier_uniform"),
+    },
+    doc="iNALU (Schlör 2020): separate weights, independent gates, sign recovery",
+)
+_GATE_INIT = OptionSpec(
+    type=float, default=0.5, low=0.0, high=1.0, doc="initial relevance gate value"
+)
+register_unit(
+    "npu",
+    NPU,
+    fixed={"real": False},
+    options={"epsilon": _EPSILON, "gate_init": _GATE_INIT},
+    doc="NPU (Heim 2020): complex-weight power unit with a relevance gate",
+)
+register_unit(
+    "realnpu",
+    NPU,
+    fixed={"real": True},
+    options={"epsilon": _EPSILON, "gate_init": _GATE_INIT},
+    doc="RealNPU (Heim 2020): the NPU with real weights only",
+)
+register_unit(
+    "nmru",
+    NMRU,
+    options={
+        "epsilon": OptionSpec(
+            type=float,
+            default=_F32_EPS,
+            low=0.0,
+            low_open=True,
+            doc="|x| floor of the reciprocal",
+        ),
+        "clamp": _CLAMP,
+    },
+    doc="NMRU (Mistry 2021): an NMU over the inputs and their reciprocals",
+)
+_BIAS = OptionSpec(type=bool, default=True, doc="learn a bias b")
+register_unit(
+    "linear",
+    Linear,
+    fixed={"activation": "none"},
+    options={"bias": _BIAS},
+    doc="Linear baseline: W x + b",
+)
+register_unit(
+    "mlp",
+    Linear,
+    options={
+        "activation": OptionSpec(
+            type=str, default="relu", choices=ACTIVATIONS, doc="activation after W x + b"
+        ),
+        "bias": _BIAS,
+    },
+    doc="MLP layer (Trask 2018 Table 1): act(W x + b); crelu keeps the width (see docs)",
+)

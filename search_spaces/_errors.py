@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SearchSpaceError(ValueError):
+    """A search space is invalid, or a point does not fit it.
+
+    ``file`` names the YAML file (or ``<preset NAME>``, ``<mapping>``) and ``param`` the
+    offending parameter, ``None`` for problems with the file as a whole.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, param: str | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.param = param
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = self.file or "<search space>"
+        if self.param is not None:
+            where += f": parameter {self.param!r}"
+        return f"{where}: {self.message}"
+
+
+class InvalidSearchSpaceError(SearchSpaceError):
+    """Every problem validation found in one space; ``errors`` holds them one by one."""
+
+    def __init__(self, errors: Sequence[SearchSpaceError], *, file: str | None = None) -> None:
+        if not errors:
+            raise ValueError("InvalidSearchSpaceError needs at least one error")
+        self.errors = list(errors)
+        ValueError.__init__(self, "\n".join(str(e) for e in self.errors))
+        self.message = self.errors[0].message
+        self.file = file
+        self.param = self.errors[0].param

@@ -1,0 +1,716 @@
+"""Launching and resuming studies: Ray Tune runs the trials, Optuna samples and prunes them.
+
+One Tune trial trains one configuration over ``training.seeds`` seeds at once with the
+population trainer (:class:`NaluTrainable`, a thin adapter). Everything a resume needs lives in
+the Optuna storage and the study folder, never in Tune's experiment state:
+
+- the budget is counted per task × op as COMPLETE + PRUNED Optuna trials;
+- a trial left RUNNING by a dead driver is marked FAIL and its parameters are enqueued again
+  (once), with its checkpoint folder, so the re-run continues from its last checkpoint;
+- the trainer state is saved every ``training.checkpoint_every`` evaluations into
+  ``<study>/checkpoints/<task>-<op>/trial-<n>/``; a retry (``max_failures``) restarts from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from nalu_core import PopulationTrainer, RunConfig, TaskConfig
+from study._errors import StudyError
+from study._pruning import METRIC, OptunaPruningScheduler, TaskGridSearcher, TaskSearch
+from study._settings import Settings
+from study._spec import ObjectiveSpec, StudySpec, load_space, task_key
+from study._studies import (
+    COUNTED,
+    SPEC,
+    TaskSummary,
+    driver_alive,
+    optuna_study_name,
+    read_record,
+    summarize,
+    write_record,
+)
+
+CHECKPOINT_FILE = "trainer.pt"
+# effectively unlimited when only a time limit bounds the study
+_UNLIMITED = 10**9
+
+Echo = Callable[[str], None]
+
+
+# --- the trainable (runs inside Ray workers) ----------------------------------------------
+
+
+def _save_state(path: Path, state: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(dict(state), tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint
+
+
+def _load_state(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    # tensors, numbers and strings only: never unpickle arbitrary objects
+    state: dict[str, Any] = torch.load(path, weights_only=True, map_location="cpu")
+    return state
+
+
+def _import_tune() -> Any:
+    from ray import tune
+
+    return tune
+
+
+class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
+    """One trial: the population trainer on one configuration, a Tune result per evaluation.
+
+    ``config`` holds ``run_config`` (a :class:`RunConfig` dict), ``checkpoint_dir``,
+    ``checkpoint_every``, ``objective`` and ``tracking`` (or ``None``). The optional
+    ``fail_at_step`` raises once at that trainer step (in the Optuna trials numbered in
+    ``fail_trials``, default all): fault injection for the retry tests.
+    """
+
+    def setup(self, config: dict[str, Any]) -> None:
+        torch.set_num_threads(max(1, int(config.get("threads", 1))))
+        self.started = time.perf_counter()
+        self.run_config = RunConfig.from_dict(config["run_config"])
+        self.objective = ObjectiveSpec(**config["objective"])
+        self.checkpoint_path = Path(config["checkpoint_dir"]) / CHECKPOINT_FILE
+        self.checkpoint_every = int(config["checkpoint_every"])
+        self.fail_at_step = config.get("fail_at_step")
+        if config["optuna_number"] not in config.get("fail_trials", [config["optuna_number"]]):
+            self.fail_at_step = None
+        self.trainer = PopulationTrainer(self.run_config)
+        state = _load_state(self.checkpoint_path)
+        if state is not None:
+            self.trainer.load_state_dict(state)
+        self.restored_step = self.trainer.step
+        self.reports = self.trainer.run()
+        self.evaluations = 0
+        self.last: dict[str, Any] = {}
+        self.finished = False
+        self.tracker = _open_tracker(config, self.run_config, self.trial_id)
+
+    def step(self) -> dict[str, Any]:
+        try:
+            report = next(self.reports)
+        except StopIteration:
+            return self._finish()
+        self.evaluations += 1
+        metrics = report.metrics()
+        if self.tracker is not None:
+            self.tracker.log_eval(report.step, metrics)
+        if self.evaluations % self.checkpoint_every == 0:
+            _save_state(self.checkpoint_path, self.trainer.state_dict())
+        self._maybe_fail(report.step)
+        self.last = self._result(metrics, step=report.step, train_seconds=report.train_seconds)
+        if report.step >= self.run_config.train.steps:
+            return self._finish()
+        return self.last
+
+    def _result(self, metrics: Mapping[str, float], *, step: int, train_seconds: float) -> dict:  # type: ignore[type-arg]
+        import ray
+
+        return {
+            **metrics,
+            METRIC: self.objective.score(metrics),
+            "step": step,
+            "train_seconds": train_seconds,
+            "wall_seconds": time.perf_counter() - self.started,
+            "restored_step": self.restored_step,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
+            "finished": False,
+        }
+
+    def _finish(self) -> dict[str, Any]:
+        result = self.trainer.result()
+        _save_state(self.checkpoint_path, self.trainer.state_dict())
+        tracking = time.perf_counter()
+        if self.tracker is not None:
+            self.tracker.log_result(result)
+            self.tracker.finish("COMPLETE")
+        self.finished = True
+        # built last, so that wall_seconds covers the artifacts and the MLflow flush too
+        self.last = {
+            **self._result(
+                result.metrics(), step=self.trainer.step, train_seconds=result.train_seconds
+            ),
+            "tracking_seconds": time.perf_counter() - tracking,
+            "finished": True,
+            "done": True,
+        }
+        return self.last
+
+    def _maybe_fail(self, step: int) -> None:
+        if self.fail_at_step is None or step < int(self.fail_at_step):
+            return
+        marker = self.checkpoint_path.with_name("injected-failure")
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """Tune's own checkpoints (pause, retries on another node): the same state file."""
+        state = self.trainer.state_dict()
+        _save_state(Path(checkpoint_dir) / CHECKPOINT_FILE, state)
+        _save_state(self.checkpoint_path, state)
+
+    def load_checkpoint(self, checkpoint: str | dict[str, Any] | None) -> None:
+        if not isinstance(checkpoint, str):
+            return
+        state = _load_state(Path(checkpoint) / CHECKPOINT_FILE)
+        if state is not None:
+            self.trainer.load_state_dict(state)
+            self.restored_step = self.trainer.step
+            self.reports = self.trainer.run()
+
+    def cleanup(self) -> None:
+        # stopped before the end: the scheduler pruned it, or the time limit cut it
+        if self.tracker is not None and not self.finished:
+            self.tracker.finish("PRUNED")
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """Actor reuse: the next trial reuses this process (saves ~2 s of start-up each)."""
+        self.cleanup()
+        self.setup(new_config)
+        return True
+
+
+def _open_tracker(config: Mapping[str, Any], run_config: RunConfig, trial_id: str) -> Any:
+    tracking = config.get("tracking")
+    if not tracking:
+        return None
+    from study import _tracking
+
+    params = _tracking.config_params(run_config)
+    tags = {
+        _tracking.STUDY_TAG: tracking["study"],
+        "nalu.task": run_config.task.name,
+        "nalu.op": run_config.task.op,
+        "nalu.unit": run_config.model.layers[0].unit,
+        _tracking.OPTUNA_TRIAL_TAG: str(config["optuna_number"]),
+        _tracking.RAY_TRIAL_TAG: trial_id,
+        _tracking.NODE_TAG: platform.node(),
+    }
+    return _tracking.TrialTracker(
+        tracking["uri"],
+        experiment_id=tracking["experiment_id"],
+        parent_run_id=tracking["parent_run_id"],
+        trial_name=f"{task_key(run_config.task)}-{config['optuna_number']}",
+        params=params,
+        tags=tags,
+    )
+
+
+# --- the driver --------------------------------------------------------------------------
+
+
+@dataclass
+class _Define:
+    """Optuna define-by-run for one task × op: the space's point -> a RunConfig for Tune."""
+
+    space: Any
+    task: TaskConfig
+    train: Mapping[str, Any]
+    checkpoint_root: Path
+    constants: Mapping[str, Any]
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        point = self.space.suggest(trial)
+        run_config = self.space.to_run_config(point, task=self.task, train=dict(self.train))
+        key = task_key(self.task)
+        folder = trial.user_attrs.get("checkpoint_dir")
+        if not folder:
+            folder = str(self.checkpoint_root / key / f"trial-{trial.number}")
+            trial.set_user_attr("checkpoint_dir", folder)
+        trial.set_user_attr("task", key)
+        trial.set_user_attr("run_config", run_config.to_dict())
+        return {
+            **self.constants,
+            "run_config": run_config.to_dict(),
+            "task_key": key,
+            "optuna_number": trial.number,
+            "checkpoint_dir": folder,
+        }
+
+
+def reconcile_storage(
+    storage: optuna.storages.BaseStorage, study: str, keys: list[str]
+) -> dict[str, int]:
+    """Marks trials a dead driver left RUNNING as FAIL and enqueues each FAIL trial once more.
+
+    The re-enqueued trial keeps the parameters and the checkpoint folder, so it continues from
+    the last checkpoint. Which FAIL trials were re-enqueued is kept in the study's user
+    attribute ``requeued`` (written before enqueueing: a crash in between loses one re-run,
+    which the per-task quota then fills with a fresh sample, instead of duplicating one).
+    """
+    counts = {"failed_running": 0, "requeued": 0}
+    for key in keys:
+        name = optuna_study_name(study, key)
+        try:
+            ot_study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            continue
+        study_id = storage.get_study_id_from_name(name)
+        requeued = set(ot_study.user_attrs.get("requeued", []))
+        for trial in ot_study.get_trials(deepcopy=False):
+            state = trial.state
+            if state == TrialState.RUNNING:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                counts["failed_running"] += 1
+                state = TrialState.FAIL
+            if state != TrialState.FAIL or trial.number in requeued:
+                continue
+            requeued.add(trial.number)
+            ot_study.set_user_attr("requeued", sorted(requeued))
+            attrs = {"requeued_from": trial.number}
+            if trial.user_attrs.get("checkpoint_dir"):
+                attrs["checkpoint_dir"] = trial.user_attrs["checkpoint_dir"]
+            ot_study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+            counts["requeued"] += 1
+    return counts
+
+
+def _fail_running(storage: optuna.storages.BaseStorage, study: str, keys: list[str]) -> None:
+    """After a launch, nothing of it still runs: RUNNING leftovers (time limit) become FAIL."""
+    for key in keys:
+        name = optuna_study_name(study, key)
+        try:
+            ot_study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            continue
+        study_id = storage.get_study_id_from_name(name)
+        for trial in ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def quotas(
+    storage: optuna.storages.BaseStorage, spec: StudySpec, *, num_samples: int | None
+) -> dict[str, int]:
+    """Trials still to run per task × op: the budget minus COMPLETE and PRUNED ones."""
+    out = {}
+    for summary in summarize(storage, spec.name, spec.task_keys()):
+        done = sum(summary.counts.get(s.name, 0) for s in COUNTED)
+        out[summary.key] = _UNLIMITED if num_samples is None else max(0, num_samples - done)
+    return out
+
+
+@dataclass
+class LaunchResult:
+    name: str
+    study_dir: Path
+    tasks: list[TaskSummary]
+    wall_seconds: float
+    trials_run: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class _Progress(_import_tune().Callback):  # type: ignore[misc]
+    """Live progress: running/done/pruned/failed and the best so far; keeps study.json fresh."""
+
+    def __init__(
+        self,
+        *,
+        echo: Echo,
+        scheduler: OptunaPruningScheduler,
+        heartbeat: Callable[[], None],
+        every: float = 5.0,
+    ) -> None:
+        self.echo = echo
+        self.scheduler = scheduler
+        self.heartbeat = heartbeat
+        self.every = every
+        self.started = time.monotonic()
+        self.last_print = 0.0
+        self.running: set[str] = set()
+        self.done = self.pruned = self.failed = 0
+        self.best: tuple[float, str] | None = None
+        self.trial_wall: list[float] = []
+        self.trial_train: list[float] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into tuner.pkl; the console and the record stay here
+        state = dict(self.__dict__)
+        state["echo"] = state["heartbeat"] = _nothing
+        return state
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        self._tick()
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        self.running.discard(trial.trial_id)
+        result = trial.last_result or {}
+        search = self.scheduler.searcher.search_for(trial.trial_id)
+        if search is not None and trial.trial_id in search.pruned:
+            self.pruned += 1
+        elif result.get("finished"):
+            self.done += 1
+            value = float(result.get(METRIC, -math.inf))
+            label = f"{trial.config.get('task_key')} #{trial.config.get('optuna_number')}"
+            if self.best is None or value > self.best[0]:
+                self.best = (value, f"{label} success {result.get('success_rate', 0):.2f}")
+        else:
+            self.failed += 1
+        if "wall_seconds" in result:
+            self.trial_wall.append(float(result["wall_seconds"]))
+            self.trial_train.append(float(result.get("train_seconds", 0.0)))
+        self._tick(force=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.running.discard(trial.trial_id)
+        self.failed += 1
+        self._tick(force=True)
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self._tick()
+
+    def _tick(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_print < self.every:
+            return
+        self.last_print = now
+        self.heartbeat()
+        best = "-" if self.best is None else f"{self.best[0]:.3f} ({self.best[1]})"
+        self.echo(
+            f"[{now - self.started:6.0f}s] running {len(self.running)} | done {self.done} | "
+            f"pruned {self.pruned} | failed {self.failed} | best {best}"
+        )
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _ray(address: str | None) -> Iterator[None]:
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        # a local instance picks free ports itself; never the Redis-default 6379
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _study_tracker(settings: Settings, spec: StudySpec, study_dir: Path) -> Any:
+    from study import _tracking
+
+    return _tracking.StudyTracker(
+        settings.tracking_uri, study_name=spec.name, artifact_root=study_dir / "artifacts"
+    )
+
+
+def launch(
+    spec: StudySpec,
+    settings: Settings,
+    *,
+    resume: bool = False,
+    num_samples: int | None = None,
+    echo: Echo = print,
+    track: bool = True,
+    extra_config: Mapping[str, Any] | None = None,
+) -> LaunchResult:
+    """Runs (or, with ``resume``, continues) ``spec`` until its budget is used.
+
+    ``num_samples`` overrides ``budget.num_samples`` (per task × op). ``extra_config`` is
+    merged into every trial's config (``fail_at_step`` for fault-injection tests).
+    """
+    study_dir = settings.study_dir(spec.name)
+    record = _open_record(spec, settings, study_dir, resume=resume, num_samples=num_samples)
+    budget = record["budget"]
+    storage = optuna.storages.RDBStorage(settings.storage)
+    keys = spec.task_keys()
+    if resume:
+        fixed = reconcile_storage(storage, spec.name, keys)
+        echo(
+            f"resume: {fixed['failed_running']} interrupted trial(s) marked FAIL, "
+            f"{fixed['requeued']} re-enqueued"
+        )
+    left = quotas(storage, spec, num_samples=budget["num_samples"])
+    time_left = None
+    if budget["time_limit"] is not None:
+        time_left = float(budget["time_limit"]) - float(record.get("elapsed_s", 0.0))
+    started = time.monotonic()
+    beat = _Heartbeat(study_dir, record)
+    beat()
+    ran = 0
+    stats: dict[str, float] = {}
+    status = "finished"
+    tracker = _study_tracker(settings, spec, study_dir) if track else None
+    try:
+        if sum(left.values()) > 0 and (time_left is None or time_left > 0):
+            tracking = None
+            if tracker is not None:
+                experiment_id = tracker.prepare()
+                if resume:
+                    tracker.reconcile()
+                parent = tracker.start_launch(params={"study": spec.name, "resume": resume})
+                tracking = {
+                    "uri": settings.tracking_uri,
+                    "experiment_id": experiment_id,
+                    "parent_run_id": parent,
+                    "study": spec.name,
+                }
+            ran, stats = _run_tuner(
+                spec,
+                settings,
+                storage=storage,
+                quotas=left,
+                time_left=time_left,
+                study_dir=study_dir,
+                tracking=tracking,
+                echo=echo,
+                heartbeat=beat,
+                extra_config=extra_config or {},
+            )
+        else:
+            echo("nothing to run: the budget is already used")
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        _fail_running(storage, spec.name, keys)
+        if tracker is not None and tracker.parent_run_id is not None:
+            tracker.end_launch(
+                {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+            )
+        beat(status=_final_status(status, storage, spec, budget, record))
+    wall = time.monotonic() - started
+    return LaunchResult(
+        name=spec.name,
+        study_dir=study_dir,
+        tasks=summarize(storage, spec.name, keys),
+        wall_seconds=wall,
+        trials_run=ran,
+        stats=stats,
+    )
+
+
+def _final_status(
+    status: str,
+    storage: optuna.storages.BaseStorage,
+    spec: StudySpec,
+    budget: Mapping[str, Any],
+    record: Mapping[str, Any],
+) -> str:
+    if status != "finished":
+        return status
+    left = sum(quotas(storage, spec, num_samples=budget["num_samples"]).values())
+    limit = budget["time_limit"]
+    if budget["num_samples"] is not None and left == 0:
+        return "finished"
+    if limit is not None and float(record.get("elapsed_s", 0.0)) >= float(limit):
+        return "finished"
+    return "incomplete"  # failed trials left budget over: `resume` runs them again
+
+
+class _Heartbeat:
+    """Keeps ``study.json`` current: elapsed seconds (for the time budget) and the status."""
+
+    def __init__(self, study_dir: Path, record: dict[str, Any]) -> None:
+        self.study_dir = study_dir
+        self.record = record
+        self.last = time.time()
+
+    def __call__(self, *, status: str | None = None) -> None:
+        now = time.time()
+        self.record["elapsed_s"] = float(self.record.get("elapsed_s", 0.0)) + (now - self.last)
+        self.last = now
+        self.record["heartbeat"] = now
+        if status is not None:
+            self.record["status"] = status
+            self.record["launches"][-1]["ended"] = _now()
+            self.record["launches"][-1]["status"] = status
+        write_record(self.study_dir, self.record)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _open_record(
+    spec: StudySpec,
+    settings: Settings,
+    study_dir: Path,
+    *,
+    resume: bool,
+    num_samples: int | None,
+) -> dict[str, Any]:
+    exists = (study_dir / "study.json").exists()
+    if exists and not resume:
+        raise StudyError(
+            f"study {spec.name!r} already exists in {study_dir}; "
+            f"use `nalu-study resume {spec.name}` or another --name",
+            field="name",
+        )
+    if resume:
+        record = read_record(study_dir)
+        if driver_alive(record) and record.get("status") == "running":
+            raise StudyError(
+                f"study {spec.name!r} is still running (driver pid {record['driver_pid']})",
+                field="name",
+            )
+    else:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        (study_dir / SPEC).write_text(yaml.safe_dump(spec_document(spec), sort_keys=False))
+        record = {
+            "name": spec.name,
+            "created": _now(),
+            "tasks": spec.task_keys(),
+            "elapsed_s": 0.0,
+            "launches": [],
+            "budget": {
+                "num_samples": spec.budget.num_samples,
+                "time_limit": spec.budget.time_limit,
+            },
+        }
+    if num_samples is not None:
+        record["budget"]["num_samples"] = num_samples
+    record["settings"] = {
+        "ray_address": settings.ray_address,
+        "tracking_uri": settings.tracking_uri,
+        "storage": settings.storage,
+        "workdir": str(settings.workdir),
+    }
+    record.update(status="running", driver_pid=os.getpid(), driver_host=platform.node())
+    record["launches"].append({"started": _now(), "resume": resume, "argv": sys.argv[1:]})
+    write_record(study_dir, record)
+    return record
+
+
+def spec_document(spec: StudySpec) -> dict[str, Any]:
+    """The spec as launched (space path resolved), which ``resume`` reloads."""
+    data = dict(spec.raw)
+    data["space"] = spec.space
+    data["name"] = spec.name
+    return data
+
+
+def _run_tuner(
+    spec: StudySpec,
+    settings: Settings,
+    *,
+    storage: optuna.storages.BaseStorage,
+    quotas: Mapping[str, int],
+    time_left: float | None,
+    study_dir: Path,
+    tracking: Mapping[str, Any] | None,
+    echo: Echo,
+    heartbeat: Callable[[], None],
+    extra_config: Mapping[str, Any],
+) -> tuple[int, dict[str, float]]:
+    from ray import tune
+
+    space = load_space(spec.space)
+    constants = {
+        "objective": {"metric": spec.objective.metric, "tie_break": spec.objective.tie_break},
+        "checkpoint_every": spec.training.checkpoint_every,
+        "threads": max(1, int(spec.resources.cpus)),
+        "tracking": dict(tracking) if tracking else None,
+        **extra_config,
+    }
+    searches = {}
+    for i, task in enumerate(spec.tasks):
+        key = task_key(task)
+        define = _Define(
+            space=space,
+            task=task,
+            train=spec.training.train_overrides(),
+            checkpoint_root=study_dir / "checkpoints",
+            constants=constants,
+        )
+        searches[key] = TaskSearch(
+            define,
+            study_name=optuna_study_name(spec.name, key),
+            storage=storage,
+            sampler=spec.sampler.build(offset=i),
+            pruner=spec.pruner.build(max_resource=spec.training.steps),
+        )
+    searcher = TaskGridSearcher(searches, quotas)
+    scheduler = OptunaPruningScheduler(searcher)
+    progress = _Progress(echo=echo, scheduler=scheduler, heartbeat=heartbeat)
+    total = searcher.total
+    unlimited = spec.budget.num_samples is None
+    echo(
+        f"study {spec.name}: {len(searches)} task(s), "
+        f"{'unlimited' if unlimited else total} trial(s) to run"
+        + ("" if time_left is None else f", {time_left:.0f}s left")
+    )
+    trainable = tune.with_resources(NaluTrainable, spec.resources.as_tune())
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=-1 if unlimited else total,
+            max_concurrent_trials=spec.budget.max_concurrent,
+            time_budget_s=time_left,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"launch-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+            storage_path=str(study_dir / "ray"),
+            failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
+            verbose=0,
+            callbacks=[progress],
+        ),
+    )
+    wall_start = time.perf_counter()
+    with _ray(settings.ray_address):
+        tuner.fit()
+    wall = time.perf_counter() - wall_start
+    ran = progress.done + progress.pruned + progress.failed
+    stats = {
+        "study_wall_seconds": wall,
+        "trials": float(ran),
+        "trial_wall_seconds": sum(progress.trial_wall),
+        "trial_train_seconds": sum(progress.trial_train),
+        "slots": float(spec.budget.max_concurrent or 0),
+    }
+    return ran, stats
+
+
+def _trial_name(trial: Any) -> str:
+    number = trial.config.get("optuna_number", trial.trial_id)
+    return f"{trial.config.get('task_key', 'trial')}-{number}"

@@ -1,0 +1,258 @@
+"""What the workdir and the Optuna storage say about studies: list, status, summaries.
+
+Each study folder ``<workdir>/<name>/`` holds ``spec.yaml`` (the validated spec, as launched)
+and ``study.json`` (settings, launches, driver pid, elapsed seconds). Trial states and values
+come from the Optuna storage alone, one Optuna study per task × op named ``<name>.<task>-<op>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from study._errors import StudyError
+
+RECORD = "study.json"
+SPEC = "spec.yaml"
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def optuna_study_name(study: str, key: str) -> str:
+    return f"{study}.{key}"
+
+
+def read_record(study_dir: Path) -> dict[str, Any]:
+    path = study_dir / RECORD
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise StudyError(f"no study at {study_dir} (no {RECORD})", field="name") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise StudyError(f"cannot read {path}: {err}", field="name") from err
+    if not isinstance(data, dict):
+        raise StudyError(f"{path} does not hold a study record", field="name")
+    return data
+
+
+def write_record(study_dir: Path, record: Mapping[str, Any]) -> None:
+    """Atomic: a driver killed mid-write leaves the previous record, never half a file."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    tmp = study_dir / f".{RECORD}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(tmp, study_dir / RECORD)
+
+
+def driver_alive(record: Mapping[str, Any]) -> bool:
+    """Whether the recorded driver still runs (only knowable on the host that launched it)."""
+    pid = record.get("driver_pid")
+    if not isinstance(pid, int) or record.get("driver_host") != platform.node():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    # a zombie (killed, not yet reaped) no longer drives anything
+    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
+
+
+def effective_status(record: Mapping[str, Any]) -> str:
+    """``running`` only while its driver lives; a dead ``running`` one was ``interrupted``."""
+    status = str(record.get("status", "unknown"))
+    if status == "running" and not driver_alive(record):
+        return "interrupted"
+    return status
+
+
+def elapsed_seconds(record: Mapping[str, Any]) -> float:
+    """Seconds of launch wall time so far, including the one in progress."""
+    total = float(record.get("elapsed_s", 0.0))
+    if record.get("status") == "running" and driver_alive(record):
+        total += max(0.0, time.time() - float(record.get("heartbeat", time.time())))
+    return total
+
+
+def load_task_studies(
+    storage: optuna.storages.BaseStorage, study: str, keys: Iterable[str]
+) -> dict[str, optuna.Study | None]:
+    out: dict[str, optuna.Study | None] = {}
+    for key in keys:
+        try:
+            out[key] = optuna.load_study(study_name=optuna_study_name(study, key), storage=storage)
+        except KeyError:
+            out[key] = None
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSummary:
+    """One task × op: trial counts by state and its best COMPLETE trial."""
+
+    key: str
+    counts: Mapping[str, int]
+    best: FrozenTrial | None = None
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.get(s.name, 0) for s in COUNTED)
+
+    def row(self) -> dict[str, Any]:
+        best = self.best
+        attrs = best.user_attrs if best is not None else {}
+        return {
+            "task": self.key,
+            "counts": dict(self.counts),
+            "best_trial": None if best is None else best.number,
+            "objective": None if best is None else best.value,
+            "success_rate": attrs.get("success_rate"),
+            "success_ci": [attrs.get("success_lower"), attrs.get("success_upper")],
+            "extrapolation_mse_median": attrs.get("extrapolation_mse_median"),
+            "params": {} if best is None else dict(best.params),
+        }
+
+
+def summarize_task(key: str, study: optuna.Study | None) -> TaskSummary:
+    if study is None:
+        return TaskSummary(key=key, counts={})
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = max(complete, key=lambda t: float(t.value), default=None)  # type: ignore[arg-type]
+    return TaskSummary(key=key, counts=dict(counts), best=best)
+
+
+def summarize(
+    storage: optuna.storages.BaseStorage, study: str, keys: Iterable[str]
+) -> list[TaskSummary]:
+    return [summarize_task(k, s) for k, s in load_task_studies(storage, study, keys).items()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyStatus:
+    name: str
+    status: str
+    folder: Path
+    tasks: list[TaskSummary] = field(default_factory=list)
+    num_samples: int | None = None
+    time_limit: float | None = None
+    elapsed: float = 0.0
+    launches: int = 0
+
+    @property
+    def totals(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for task in self.tasks:
+            total.update(task.counts)
+        return dict(total)
+
+    @property
+    def budget_total(self) -> int | None:
+        return None if self.num_samples is None else self.num_samples * len(self.tasks)
+
+    @property
+    def finished(self) -> int:
+        return sum(t.finished for t in self.tasks)
+
+    @property
+    def remaining_trials(self) -> int | None:
+        if self.num_samples is None:
+            return None
+        return sum(max(0, self.num_samples - t.finished) for t in self.tasks)
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        return None if self.time_limit is None else max(0.0, self.time_limit - self.elapsed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "folder": str(self.folder),
+            "launches": self.launches,
+            "trials": self.totals,
+            "budget": {
+                "num_samples_per_task": self.num_samples,
+                "finished": self.finished,
+                "remaining_trials": self.remaining_trials,
+                "time_limit_s": self.time_limit,
+                "elapsed_s": round(self.elapsed, 1),
+                "remaining_s": None
+                if self.remaining_seconds is None
+                else round(self.remaining_seconds, 1),
+            },
+            "tasks": [t.row() for t in self.tasks],
+        }
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    return optuna.storages.RDBStorage(url, skip_compatibility_check=False)
+
+
+def study_status(study_dir: Path, *, storage_url: str | None = None) -> StudyStatus:
+    """Counts, best trials and budget of the study in ``study_dir``."""
+    record = read_record(study_dir)
+    keys = list(record.get("tasks", []))
+    url = storage_url or record.get("settings", {}).get("storage")
+    tasks: list[TaskSummary] = []
+    if url:
+        tasks = summarize(_storage(url), str(record["name"]), keys)
+    budget = record.get("budget", {})
+    return StudyStatus(
+        name=str(record["name"]),
+        status=effective_status(record),
+        folder=study_dir,
+        tasks=tasks,
+        num_samples=budget.get("num_samples"),
+        time_limit=budget.get("time_limit"),
+        elapsed=elapsed_seconds(record),
+        launches=len(record.get("launches", [])),
+    )
+
+
+def list_studies(workdir: Path) -> list[dict[str, Any]]:
+    """Every study folder under ``workdir``, newest first, from the records alone (fast)."""
+    rows: list[dict[str, Any]] = []
+    if not workdir.is_dir():
+        return rows
+    for record_path in workdir.glob(f"*/{RECORD}"):
+        try:
+            record = read_record(record_path.parent)
+        except StudyError:
+            continue
+        rows.append(
+            {
+                "name": record.get("name", record_path.parent.name),
+                "status": effective_status(record),
+                "tasks": len(record.get("tasks", [])),
+                "created": record.get("created", ""),
+                "launches": len(record.get("launches", [])),
+                "elapsed_s": round(elapsed_seconds(record), 1),
+                "storage": record.get("settings", {}).get("storage", ""),
+            }
+        )
+    return sorted(rows, key=lambda r: str(r["created"]), reverse=True)
+
+
+def format_ci(lower: object, upper: object) -> str:
+    if not isinstance(lower, int | float) or not isinstance(upper, int | float):
+        return "-"
+    return f"[{lower:.2f}, {upper:.2f}]"
+
+
+def format_number(value: object, spec: str = ".3g") -> str:
+    if isinstance(value, int | float) and math.isfinite(float(value)):
+        return format(value, spec)
+    return "-"

@@ -1,0 +1,1007 @@
+"""MLflow tracking of studies and trials: layout, buffered delivery and run hygiene.
+
+Layout (docs/CONTRACTS.md): one experiment per study, one parent run per launch
+(``nalu.role=launch``), one nested child run per trial (``nalu.role=trial``). The driver uses
+:class:`StudyTracker`; each Ray trial uses :class:`TrialTracker`.
+
+A trial never waits on the tracking server. Its calls only queue work; one background thread
+delivers it with ``log_batch`` (up to 1000 metrics per HTTP call) and retries with exponential
+backoff while the server is unreachable, so training goes on through an outage and the
+metrics arrive when the server comes back. The queue is bounded; if it ever overflows the
+oldest metrics are dropped with a warning and counted in the tag ``nalu.dropped_metrics``.
+:meth:`TrialTracker.finish` flushes with a longer deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from nalu_core import RunConfig
+from study._errors import StudyError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+TrialState = Literal["COMPLETE", "PRUNED", "FAIL"]
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+
+ROLE_TAG = "nalu.role"
+STUDY_TAG = "nalu.study"
+STATE_TAG = "nalu.state"
+RAY_TRIAL_TAG = "nalu.ray_trial_id"
+OPTUNA_TRIAL_TAG = "nalu.optuna_trial"
+NODE_TAG = "nalu.node"
+PARENT_TAG = "mlflow.parentRunId"
+ROBUST_TAG = "robust"
+DIVISION_TAG = "division_summary"
+DROPPED_TAG = "nalu.dropped_metrics"
+RECONCILED_TAG = "nalu.reconciled"
+
+# A configuration is "robust" when, with 95% confidence (Wilson), it succeeds on at least half
+# of its seeds. One lucky seed out of 32 gives a lower bound of 0.006, 24/32 gives 0.58.
+ROBUST_LOWER_BOUND = 0.5
+
+# MLflow's per-call limits for log_batch.
+_MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
+_PARAM_VALUE_LIMIT = 6000
+_STATE_TO_STATUS: dict[str, RunStatus] = {
+    "COMPLETE": "FINISHED",
+    "PRUNED": "FINISHED",
+    "FAIL": "FAILED",
+}
+# Errors that will not heal by retrying: the request itself is wrong.
+_PERMANENT_CODES = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "RESOURCE_ALREADY_EXISTS",
+        "BAD_REQUEST",
+    }
+)
+
+
+class TrackingError(StudyError):
+    """The tracking store could not be prepared or reached by the driver."""
+
+
+class _Result(Protocol):
+    """What :meth:`TrialTracker.log_result` reads from ``nalu_core.TrainResult``."""
+
+    config: RunConfig
+    threshold: float | None
+    success_rate: float
+    success_ci: tuple[float, float]
+    seeds: Sequence[Any]
+    history: Sequence[Any]
+    division_probe: Any
+    steps: int
+    train_seconds: float
+
+    def metrics(self) -> dict[str, float]: ...
+
+    def best_replica_state(self) -> Mapping[str, Any]: ...
+
+
+# --------------------------------------------------------------------------- names and rules
+
+
+def is_robust(success_lower: float) -> bool:
+    """The documented rule of the ``robust`` tag: Wilson lower bound >= ROBUST_LOWER_BOUND."""
+    return math.isfinite(success_lower) and success_lower >= ROBUST_LOWER_BOUND
+
+
+def _param_value(value: object) -> str:
+    if isinstance(value, str):
+        text = value
+    elif value is None or isinstance(value, bool | int | float):
+        text = json.dumps(value)
+    else:
+        text = json.dumps(value, sort_keys=True, default=str)
+    return text[:_PARAM_VALUE_LIMIT]
+
+
+def config_params(config: RunConfig) -> dict[str, str]:
+    """Every hyperparameter of ``config`` under a short, flat, stable name.
+
+    ``unit``, ``depth``, ``hidden_size``, the first layer's unit options by their own name
+    (``epsilon``, ``gate``...), every training field (``lr``, ``optimizer``, ``seeds``...),
+    ``task``, ``op`` and task options as ``task.<name>``. A layer that differs from the first
+    (an output unit) adds ``layer<i>.unit`` and ``layer<i>.<option>``. Values are JSON text
+    (strings bare), so that ``None`` logs as ``null``.
+    """
+    params: dict[str, object] = {}
+    first = config.model.layers[0]
+    params["unit"] = first.unit
+    params["depth"] = config.model.depth
+    params["hidden_size"] = config.model.hidden_size
+    train = config.train.to_dict()
+    for name, value in first.options.items():
+        params[f"model.{name}" if name in train or name in params else name] = value
+    for i, layer in enumerate(config.model.layers[1:], start=1):
+        if layer.to_dict() != first.to_dict():
+            params[f"layer{i}.unit"] = layer.unit
+            for name, value in layer.options.items():
+                params[f"layer{i}.{name}"] = value
+    params.update(train)
+    params["task"] = config.task.name
+    params["op"] = config.task.op
+    for name, value in config.task.options.items():
+        params[f"task.{name}"] = value
+    return {key: _param_value(value) for key, value in params.items()}
+
+
+def final_metrics(result: _Result) -> dict[str, float]:
+    """The final flat metrics (docs/CONTRACTS.md) of ``TrainResult.metrics()``.
+
+    NaN values are left out rather than logged: ``solved_at_median`` when no seed solved,
+    ``threshold`` when the task has none. Infinite MSEs (diverged seeds) are kept.
+    """
+    return {k: float(v) for k, v in result.metrics().items() if not math.isnan(float(v))}
+
+
+def _probe_points(probe: Any) -> list[tuple[str, float, float]]:
+    """(label, |denominator| bin centre, median extrapolation error) from a division probe.
+
+    Accepts the trainer's probe either as a mapping of lists (``bins``/``labels``,
+    ``denominator``/``centers``, ``median_mse``/``mse``) or as a list of records.
+    """
+    if probe is None:
+        return []
+    if hasattr(probe, "to_dict"):
+        probe = probe.to_dict()
+    records: list[Mapping[str, Any]]
+    if (
+        isinstance(probe, Mapping)
+        and isinstance(probe.get("bins"), list | tuple)
+        and all(isinstance(b, Mapping) for b in probe["bins"])
+    ):
+        records = list(probe["bins"])
+    elif isinstance(probe, Mapping):
+        keys = [k for k, v in probe.items() if isinstance(v, list | tuple)]
+        n = max((len(probe[k]) for k in keys), default=0)
+        records = [{k: probe[k][i] for k in keys if len(probe[k]) == n} for i in range(n)]
+    elif isinstance(probe, list | tuple):
+        records = [r if isinstance(r, Mapping) else vars(r) for r in probe]
+    else:
+        return []
+
+    def pick(record: Mapping[str, Any], *names: str) -> Any:
+        for name in names:
+            if name in record and record[name] is not None:
+                return record[name]
+        for key, value in record.items():  # fall back on a name containing the hint
+            if any(n in key for n in names) and value is not None:
+                return value
+        return None
+
+    points = []
+    for i, record in enumerate(records):
+        x = pick(record, "center", "centre", "denominator", "abs_denominator")
+        if x is None and record.get("lo") is not None and record.get("hi") is not None:
+            lo, hi = float(record["lo"]), float(record["hi"])
+            x = math.sqrt(lo * hi) if lo > 0 else hi  # the bin's geometric centre (decades)
+            record = {"label": f"{lo:g}..{hi:g}", **record}
+        y = pick(record, "median_mse", "mse_median", "median", "mse", "error")
+        label = pick(record, "label", "bin", "range", "name")
+        if isinstance(y, list | tuple):
+            finite = [float(v) for v in y if v is not None and math.isfinite(float(v))]
+            y = statistics.median(finite) if finite else math.nan
+        if isinstance(x, list | tuple) and x:
+            x = math.sqrt(abs(float(x[0]) * float(x[-1]))) if float(x[0]) > 0 else float(x[-1])
+        try:
+            xf, yf = float(x), float(y)
+        except (TypeError, ValueError):
+            continue
+        points.append((str(label) if label is not None else f"bin{i}", xf, yf))
+    return points
+
+
+def division_summary(probe: Any) -> str | None:
+    """One line: error at the smallest vs the largest |denominator| and how much it grows."""
+    points = [p for p in _probe_points(probe) if p[1] > 0]
+    if len(points) < 2:
+        return None
+    points.sort(key=lambda p: p[1])
+    (small_label, _, small), (large_label, _, large) = points[0], points[-1]
+    if not (math.isfinite(large) and large > 0):
+        return (
+            f"median extrapolation MSE {small:.3g} at |den| {small_label}, "
+            f"{large:.3g} at {large_label}"
+        )
+    ratio = small / large if math.isfinite(small) else math.inf
+    verdict = "fails near zero" if ratio >= 10 else "stable across |den|"
+    return (
+        f"{verdict}: median extrapolation MSE {small:.3g} at |den| {small_label} vs "
+        f"{large:.3g} at {large_label} ({ratio:.3g}x)"
+    )
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def _seeds_table(result: _Result) -> Any:
+    import pyarrow as pa
+
+    seeds = list(result.seeds)
+    return pa.table(
+        {
+            "seed": pa.array([int(s.seed) for s in seeds], pa.int64()),
+            "interpolation_mse": pa.array([float(s.interpolation_mse) for s in seeds]),
+            "extrapolation_mse": pa.array([float(s.extrapolation_mse) for s in seeds]),
+            "success": pa.array([bool(s.success) for s in seeds], pa.bool_()),
+            "solved_at": pa.array([s.solved_at for s in seeds], pa.int64()),
+            "sparsity_error": pa.array([float(s.sparsity_error) for s in seeds]),
+            "diverged": pa.array([bool(s.diverged) for s in seeds], pa.bool_()),
+        }
+    )
+
+
+def _history_metrics(report: Any) -> dict[str, float]:
+    if hasattr(report, "metrics"):
+        return dict(report.metrics())
+    return dict(report)
+
+
+_DPI = 72
+
+
+def _figure(width: float, height: float, rows: int = 1) -> tuple[Any, Any]:
+    # The object API with the Agg canvas: no pyplot state, no GUI backend, and cheaper.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 1, sharex=True)
+    return fig, axes
+
+
+def _log_axis(axis: Any, ticks: int = 5) -> None:
+    # Text dominates the cost of a small PNG: a few plain decade labels instead of mathtext
+    # on every major and minor tick keeps a figure near 0.1 s.
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+
+    axis.set_major_locator(LogLocator(numticks=ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _plot_curves(result: _Result, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    steps, rows = [], []
+    for report in result.history:
+        steps.append(int(report.step) if hasattr(report, "step") else int(report["step"]))
+        rows.append(_history_metrics(report))
+    fig, (ax_mse, ax_rate) = _figure(6, 5, rows=2)
+    for split, colour in (("extrapolation", "tab:red"), ("interpolation", "tab:blue")):
+        med = [r.get(f"{split}_mse_median", math.nan) for r in rows]
+        q25 = [r.get(f"{split}_mse_q25", math.nan) for r in rows]
+        q75 = [r.get(f"{split}_mse_q75", math.nan) for r in rows]
+        ax_mse.plot(steps, med, color=colour, label=split)
+        ax_mse.fill_between(steps, q25, q75, color=colour, alpha=0.2)
+    if result.threshold is not None:
+        ax_mse.axhline(result.threshold, color="k", ls="--", lw=1, label="threshold")
+    ax_mse.set_yscale("log")
+    _log_axis(ax_mse.yaxis)
+    ax_mse.set_ylabel("MSE: median, quartiles")
+    ax_mse.legend(fontsize=7)
+    ax_rate.plot(steps, [r.get("success_rate", math.nan) for r in rows], color="tab:green")
+    ax_rate.fill_between(
+        steps,
+        [r.get("success_lower", math.nan) for r in rows],
+        [r.get("success_upper", math.nan) for r in rows],
+        color="tab:green",
+        alpha=0.2,
+    )
+    ax_rate.set_ylim(0, 1)
+    ax_rate.yaxis.set_major_locator(MaxNLocator(3))
+    ax_rate.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+    ax_rate.set_ylabel("success, Wilson 95%")
+    ax_rate.set_xlabel("step")
+    fig.savefig(path, dpi=_DPI)
+
+
+def _plot_probe(points: list[tuple[str, float, float]], path: Path) -> None:
+    pts = sorted((x, y) for _, x, y in points if x > 0 and math.isfinite(y) and y > 0)
+    fig, ax = _figure(5, 3.5)
+    ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    _log_axis(ax.xaxis, ticks=8)
+    _log_axis(ax.yaxis)
+    ax.set_xlabel("|denominator|")
+    ax.set_ylabel("median extrapolation MSE")
+    fig.savefig(path, dpi=_DPI)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if hasattr(value, "__dataclass_fields__"):
+        return _jsonable(vars(value))
+    return value
+
+
+def write_artifacts(result: _Result, folder: Path) -> list[str]:
+    """Writes the trial's artifacts into ``folder``; returns the file names written."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    (folder / "config.yaml").write_text(yaml.safe_dump(result.config.to_dict(), sort_keys=False))
+    written.append("config.yaml")
+    pq.write_table(_seeds_table(result), folder / "seeds.parquet")
+    written.append("seeds.parquet")
+    if result.history:
+        _plot_curves(result, folder / "curves.png")
+        written.append("curves.png")
+    if result.config.task.op == "div" and result.division_probe is not None:
+        probe = _jsonable(result.division_probe)
+        (folder / "division_probe.json").write_text(json.dumps(probe, indent=1))
+        written.append("division_probe.json")
+        points = _probe_points(result.division_probe)
+        if points:
+            _plot_probe(points, folder / "division_probe.png")
+            written.append("division_probe.png")
+    state = result.best_replica_state()
+    if state:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, str(folder / "best_replica.safetensors"))
+        written.append("best_replica.safetensors")
+    return written
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith(("http://", "https://")):
+        # We retry with our own backoff in the background; MLflow's own retries (7, factor 2)
+        # would block one call for minutes while the server is down. A user's value wins.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _is_permanent(err: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and err.error_code in _PERMANENT_CODES
+
+
+@dataclass
+class _Pending:
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: deque[Any] = field(default_factory=deque)
+    artifacts: list[Path] = field(default_factory=list)
+    status: RunStatus | None = None
+
+
+class _Delivery:
+    """Background delivery of one run's params, tags, metrics and artifacts, with retries."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        open_run: Any,
+        *,
+        max_buffered: int,
+        backoff: tuple[float, float],
+        min_interval: float,
+    ) -> None:
+        self._client = client
+        self._min_interval = min_interval
+        # (client) -> (run_id, last evaluated step of a continued run or -1); runs here
+        self._open_run = open_run
+        self._max_buffered = max_buffered
+        self._backoff_min, self._backoff_max = backoff
+        self._pending = _Pending()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self.run_id: str | None = None
+        self._done_step = -1  # a continued run's last evaluated step
+        self.opened = threading.Event()
+        self.dropped = 0
+        self.failures = 0
+        self.failures_in_a_row = 0
+        self.seconds = 0.0  # CPU time of the delivery thread (it competes with training)
+        self._thread = threading.Thread(target=self._loop, name="nalu-tracking", daemon=True)
+        self._thread.start()
+
+    # called from the trial thread: never touches the network
+    def put(
+        self,
+        *,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        metrics: Iterable[Any] = (),
+        evaluation: bool = False,
+        artifacts: Path | None = None,
+        status: RunStatus | None = None,
+    ) -> None:
+        with self._wake:
+            self._pending.params.update(params or {})
+            self._pending.tags.update(tags or {})
+            # evaluation metrics are dropped when a continued run already holds their step
+            self._pending.metrics.extend(
+                (evaluation, m) for m in metrics if not (evaluation and m.step <= self._done_step)
+            )
+            overflow = len(self._pending.metrics) - self._max_buffered
+            if overflow > 0:
+                for _ in range(overflow):
+                    self._pending.metrics.popleft()
+                self.dropped += overflow
+                warnings.warn(
+                    f"tracking buffer full ({self._max_buffered} metrics, server unreachable "
+                    f"for long): dropped the {overflow} oldest; {self.dropped} dropped so far",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            if artifacts is not None:
+                self._pending.artifacts.append(artifacts)
+            if status is not None:
+                self._pending.status = status
+            self._wake.notify()
+
+    def pending_count(self) -> int:
+        with self._lock:
+            p = self._pending
+            return len(p.params) + len(p.tags) + len(p.metrics) + len(p.artifacts)
+
+    def close(self, timeout: float) -> bool:
+        """Stops accepting work and waits up to ``timeout`` s; True when all was delivered."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _empty(self) -> bool:
+        p = self._pending
+        return not (p.params or p.tags or p.metrics or p.artifacts or p.status)
+
+    def _loop(self) -> None:
+        delay = self._backoff_min
+        while True:
+            with self._wake:
+                while self._empty() and not self._closed and self.run_id is not None:
+                    self._wake.wait()
+                if self._empty() and self._closed and self.run_id is not None:
+                    return
+            start = time.thread_time()
+            try:
+                self._deliver_some()
+                self.seconds += time.thread_time() - start
+                if self.failures_in_a_row:
+                    log.warning(
+                        "tracking: delivering again after %d failed tries", self.failures_in_a_row
+                    )
+                self.failures_in_a_row = 0
+                delay = self._backoff_min
+                self._gather()
+            except Exception as err:
+                self.seconds += time.thread_time() - start
+                self.failures += 1
+                self.failures_in_a_row += 1
+                # One warning per outage, not one per retry.
+                level = logging.WARNING if self.failures_in_a_row == 1 else logging.DEBUG
+                log.log(level, "tracking delivery failed (%s); retrying with backoff", err)
+                with self._wake:
+                    # Sleep, but a close() wakes us to retry at once with the long deadline.
+                    self._wake.wait(delay)
+                delay = min(delay * 2, self._backoff_max)
+
+    def _gather(self) -> None:
+        # Let evaluations gather for min_interval: one transaction for several is far cheaper
+        # than one each. A full batch or close() ends the wait at once.
+        deadline = time.monotonic() + self._min_interval
+        with self._wake:
+            while not self._closed and len(self._pending.metrics) < _MAX_METRICS:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._wake.wait(left)
+
+    def _deliver_some(self) -> None:
+        from mlflow.entities import Param, RunTag
+
+        if self.run_id is None:
+            run_id, done_step = self._open_run(self._client)
+            with self._lock:
+                kept = [
+                    (e, m) for e, m in self._pending.metrics if not (e and m.step <= done_step)
+                ]
+                self._pending.metrics = deque(kept)
+                self._done_step = done_step
+                self.run_id = run_id
+            self.opened.set()
+            return  # then gather: the params go out with the first evaluations
+        run_id = self.run_id
+        with self._lock:
+            params = dict(list(self._pending.params.items())[:_MAX_PARAMS])
+            tags = dict(list(self._pending.tags.items())[:_MAX_TAGS])
+            metrics = [
+                self._pending.metrics[i][1]
+                for i in range(min(_MAX_METRICS, len(self._pending.metrics)))
+            ]
+            dropped_before = self.dropped
+        if params or tags or metrics:
+            try:
+                self._client.log_batch(
+                    run_id,
+                    metrics=metrics,
+                    params=[Param(k, v) for k, v in params.items()],
+                    tags=[RunTag(k, v) for k, v in tags.items()],
+                    synchronous=True,
+                )
+            except Exception as err:
+                if not _is_permanent(err):
+                    raise
+                # A changed param on a retried run, say: keep everything else, say so loudly.
+                log.warning("tracking: MLflow refused a batch of run %s: %s", run_id, err)
+                self._deliver_one_by_one(run_id, params, tags, metrics)
+            with self._lock:
+                for key in params:
+                    if self._pending.params.get(key) == params[key]:
+                        del self._pending.params[key]
+                for key in tags:
+                    if self._pending.tags.get(key) == tags[key]:
+                        del self._pending.tags[key]
+                # An overflow during the call already dropped some of this batch's oldest.
+                delivered = max(0, len(metrics) - (self.dropped - dropped_before))
+                for _ in range(min(delivered, len(self._pending.metrics))):
+                    self._pending.metrics.popleft()
+            return
+        with self._lock:
+            artifacts = list(self._pending.artifacts)
+        for folder in artifacts:
+            self._client.log_artifacts(run_id, str(folder))
+            with self._lock:
+                self._pending.artifacts.remove(folder)
+            _remove_tree(folder)
+        with self._lock:
+            status = self._pending.status
+        if status is not None:
+            self._client.set_terminated(run_id, status=status)
+            with self._lock:
+                if self._pending.status == status:
+                    self._pending.status = None
+
+    def _deliver_one_by_one(
+        self, run_id: str, params: dict[str, str], tags: dict[str, str], metrics: list[Any]
+    ) -> None:
+        from mlflow.entities import Param, RunTag
+
+        self._client.log_batch(
+            run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
+        )
+        for key, value in params.items():
+            try:
+                self._client.log_batch(run_id, params=[Param(key, value)])
+            except Exception as err:
+                if not _is_permanent(err):
+                    raise
+                warnings.warn(
+                    f"tracking: param {key}={value!r} not logged on run {run_id}: {err}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+
+def _remove_tree(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- trial side
+
+
+class TrialTracker:
+    """One trial's nested MLflow run, written from inside the Ray trial.
+
+    If a run with the same ``nalu.ray_trial_id`` tag exists (a retry from a checkpoint, or a
+    resumed study), it is continued: set RUNNING again, and evaluations at steps it already
+    holds are skipped. The constructor never raises on an unreachable server; ``run_id`` is
+    ``None`` until the run could be opened.
+
+    ``tracking_seconds`` is the time spent inside this object's methods in the caller's
+    thread; ``delivery_seconds`` the CPU time of the background delivery thread.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        experiment_id: str,
+        parent_run_id: str | None,
+        trial_name: str,
+        params: Mapping[str, object],
+        tags: Mapping[str, str],
+        open_timeout: float = 0.0,
+        flush_timeout: float = 120.0,
+        max_buffered: int = 200_000,
+        backoff: tuple[float, float] = (0.5, 10.0),
+        min_interval: float = 2.0,
+    ) -> None:
+        start = time.perf_counter()
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.trial_name = trial_name
+        self.flush_timeout = flush_timeout
+        self.finished = False
+        self._last_eval: tuple[int, dict[str, float]] = (-1, {})
+        self._params = {k: _param_value(v) for k, v in params.items()}
+        self._tags = {str(k): str(v) for k, v in tags.items()}
+        self._tags[ROLE_TAG] = "trial"
+        self._tags.setdefault(NODE_TAG, platform.node())
+        if parent_run_id:
+            self._tags[PARENT_TAG] = parent_run_id
+        self._delivery = _Delivery(
+            _client(tracking_uri),
+            self._open_run,
+            max_buffered=max_buffered,
+            backoff=backoff,
+            min_interval=min_interval,
+        )
+        self._delivery.put(params=self._params)  # the tags go with create_run
+        self._delivery.opened.wait(open_timeout)
+        self.tracking_seconds = time.perf_counter() - start
+
+    @property
+    def run_id(self) -> str | None:
+        return self._delivery.run_id
+
+    @property
+    def delivery_seconds(self) -> float:
+        return self._delivery.seconds
+
+    @property
+    def dropped(self) -> int:
+        return self._delivery.dropped
+
+    def _open_run(self, client: MlflowClient) -> tuple[str, int]:
+        from mlflow.entities import RunTag
+
+        ray_id = self._tags.get(RAY_TRIAL_TAG)
+        if ray_id:
+            found = client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{RAY_TRIAL_TAG}` = '{ray_id}'",
+                max_results=1,
+            )
+            if found:
+                run = found[0]
+                history = client.get_metric_history(run.info.run_id, "success_rate")
+                done_step = max((m.step for m in history), default=-1)
+                tags = [RunTag(k, v) for k, v in self._tags.items()]
+                client.log_batch(run.info.run_id, tags=tags)  # a retry may run on another node
+                client.update_run(run.info.run_id, status="RUNNING")
+                return str(run.info.run_id), done_step
+        run = client.create_run(
+            self.experiment_id,
+            run_name=self.trial_name,
+            tags=dict(self._tags),
+        )
+        return str(run.info.run_id), -1
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        start = time.perf_counter()
+        self._delivery.put(params={k: _param_value(v) for k, v in params.items()})
+        self.tracking_seconds += time.perf_counter() - start
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        start = time.perf_counter()
+        self._delivery.put(tags={str(k): str(v) for k, v in tags.items()})
+        self.tracking_seconds += time.perf_counter() - start
+
+    def log_eval(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Queues one evaluation's flat metrics (``EvalReport.metrics()``) at ``step``."""
+        from mlflow.entities import Metric
+
+        start = time.perf_counter()
+        now = int(time.time() * 1000)
+        batch = [Metric(str(k), float(v), now, int(step)) for k, v in metrics.items()]
+        self._delivery.put(metrics=batch, evaluation=True)
+        self._last_eval = (int(step), {m.key: m.value for m in batch})
+        self.tracking_seconds += time.perf_counter() - start
+
+    def log_result(self, result: _Result) -> None:
+        """Queues the final metrics, params, tags and artifacts of a finished ``TrainResult``."""
+        from mlflow.entities import Metric
+
+        start = time.perf_counter()
+        final = final_metrics(result)
+        final["train_seconds"] = float(result.train_seconds)
+        step = int(result.steps)
+        if self._last_eval[0] == step:
+            # The last evaluation already holds these points; a second one would double them.
+            final = {k: v for k, v in final.items() if self._last_eval[1].get(k) != v}
+        missing = {k: v for k, v in config_params(result.config).items() if k not in self._params}
+        self._params.update(missing)
+        tags = {ROBUST_TAG: str(is_robust(float(result.success_ci[0]))).lower()}
+        if result.config.task.op == "div":
+            tags[DIVISION_TAG] = division_summary(result.division_probe) or "no probe recorded"
+        folder = Path(tempfile.mkdtemp(prefix="nalu-artifacts-"))
+        write_artifacts(result, folder)
+        now = int(time.time() * 1000)
+        self._delivery.put(
+            params=missing,
+            tags=tags,
+            metrics=[Metric(k, v, now, step) for k, v in final.items()],
+            artifacts=folder,
+        )
+        self.tracking_seconds += time.perf_counter() - start
+
+    def finish(self, state: TrialState, *, timeout: float | None = None) -> bool:
+        """Ends the run (COMPLETE/PRUNED -> FINISHED, FAIL -> FAILED) and flushes.
+
+        Waits up to ``timeout`` (default ``flush_timeout``) for delivery; returns True when
+        everything arrived, else warns with what is still pending (the delivery thread keeps
+        trying for as long as the process lives).
+        """
+        if self.finished:
+            return True
+        start = time.perf_counter()
+        self.finished = True
+        from mlflow.entities import Metric
+
+        status = _STATE_TO_STATUS[state]
+        tags: dict[str, str] = {STATE_TAG: state}
+        if self._delivery.dropped:
+            tags[DROPPED_TAG] = str(self._delivery.dropped)
+        # The cost of tracking in this trial (without this final flush), for overhead audits.
+        cost = Metric("tracking_seconds", self.tracking_seconds, int(time.time() * 1000), 0)
+        self._delivery.put(tags=tags, metrics=[cost], status=status)
+        done = self._delivery.close(self.flush_timeout if timeout is None else timeout)
+        if not done:
+            warnings.warn(
+                f"tracking: run {self.run_id or '(not opened)'} of trial {self.trial_name!r} "
+                f"still has {self._delivery.pending_count()} items undelivered after the "
+                "final flush; the server is unreachable",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.tracking_seconds += time.perf_counter() - start
+        return done
+
+    def __enter__(self) -> TrialTracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.finished:
+            self.finish("FAIL" if exc_type is not None else "COMPLETE")
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _retry(what: str, call: Any, *, deadline: float) -> Any:
+    delay, end = 0.5, time.monotonic() + deadline
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if _is_permanent(err) or time.monotonic() + delay > end:
+                raise TrackingError(
+                    f"tracking: could not {what}: {err}", field="tracking_uri"
+                ) from err
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///")
+    return Path(path) if path and path != ":memory:" else None
+
+
+class StudyTracker:
+    """The driver's side: the study's experiment, one parent run per launch, reconciliation.
+
+    For the embedded SQLite default, :meth:`prepare` creates the database (MLflow's migrations
+    race when several trials open a fresh file at once) and puts artifacts in
+    ``artifact_root`` (default: ``artifacts/`` next to the database, in the study folder).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        study_name: str,
+        artifact_root: Path | None = None,
+        deadline: float = 60.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.study_name = study_name
+        db = _sqlite_path(tracking_uri)
+        if artifact_root is None and db is not None:
+            artifact_root = db.parent / "artifacts"
+        self.artifact_root = artifact_root
+        self.deadline = deadline
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            db = _sqlite_path(self.tracking_uri)
+            if db is not None:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            self._client = _retry(
+                "open the tracking store",
+                lambda: _client(self.tracking_uri),
+                deadline=self.deadline,
+            )
+        return self._client
+
+    def prepare(self) -> str:
+        """Creates (or finds) the study's experiment; returns its id. Call once, first."""
+        client = self.client
+
+        def get_or_create() -> str:
+            experiment = client.get_experiment_by_name(self.study_name)
+            if experiment is None:
+                location = None
+                if self.artifact_root is not None:
+                    self.artifact_root.mkdir(parents=True, exist_ok=True)
+                    location = self.artifact_root.resolve().as_uri()
+                return str(
+                    client.create_experiment(
+                        self.study_name,
+                        artifact_location=location,
+                        tags={STUDY_TAG: self.study_name},
+                    )
+                )
+            if experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(experiment.experiment_id)
+            return str(experiment.experiment_id)
+
+        self.experiment_id = _retry("create the experiment", get_or_create, deadline=self.deadline)
+        return self.experiment_id
+
+    def start_launch(self, *, params: Mapping[str, object] | None = None) -> str:
+        """Opens the parent run of this launch; returns its run id."""
+        from mlflow.entities import Param
+
+        experiment_id = self.experiment_id or self.prepare()
+        tags = {ROLE_TAG: "launch", STUDY_TAG: self.study_name, NODE_TAG: platform.node()}
+        run = _retry(
+            "start the launch run",
+            lambda: self.client.create_run(
+                experiment_id, run_name=f"{self.study_name}-launch", tags=tags
+            ),
+            deadline=self.deadline,
+        )
+        self.parent_run_id = str(run.info.run_id)
+        items = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
+        for i in range(0, len(items), _MAX_PARAMS):
+            chunk = items[i : i + _MAX_PARAMS]
+            _retry(
+                "log the launch params",
+                lambda chunk=chunk: self.client.log_batch(self.parent_run_id, params=chunk),
+                deadline=self.deadline,
+            )
+        return self.parent_run_id
+
+    def end_launch(self, status: RunStatus = "FINISHED") -> None:
+        """Ends the parent run; warns (does not raise) if the store stays unreachable."""
+        if self.parent_run_id is None:
+            return
+        run_id = self.parent_run_id
+        try:
+            _retry(
+                "end the launch run",
+                lambda: self.client.set_terminated(run_id, status=status),
+                deadline=self.deadline,
+            )
+        except TrackingError as err:
+            warnings.warn(str(err), RuntimeWarning, stacklevel=2)
+
+    def reconcile(self, *, keep: Iterable[str] = (), status: RunStatus = "KILLED") -> int:
+        """Ends the runs a crash left RUNNING; returns how many it ended.
+
+        Trial runs whose ``nalu.ray_trial_id`` is in ``keep`` are left alone: those trials are
+        about to be resumed and :class:`TrialTracker` continues their run. Ended trial runs
+        without a ``nalu.state`` get ``nalu.state=FAIL``; all get ``nalu.reconciled=true``.
+        """
+        from mlflow.entities import RunTag, ViewType
+
+        experiment_id = self.experiment_id or self.prepare()
+        keep_ids = set(keep)
+        client = self.client
+        # Collect first: ending runs while paging over "status = RUNNING" would skip some.
+        stale = []
+        token: str | None = None
+        while True:
+            page = _retry(
+                "list running runs",
+                lambda token=token: client.search_runs(
+                    [experiment_id],
+                    filter_string="attributes.status = 'RUNNING'",
+                    run_view_type=ViewType.ALL,
+                    max_results=1000,
+                    page_token=token,
+                ),
+                deadline=self.deadline,
+            )
+            stale.extend(page)
+            token = page.token
+            if not token:
+                break
+        count = 0
+        for run in stale:
+            tags = run.data.tags
+            if tags.get(ROLE_TAG) == "trial" and tags.get(RAY_TRIAL_TAG) in keep_ids:
+                continue
+            if run.info.run_id == self.parent_run_id:
+                continue
+            new_tags = [RunTag(RECONCILED_TAG, "true")]
+            if tags.get(ROLE_TAG) == "trial" and STATE_TAG not in tags:
+                new_tags.append(RunTag(STATE_TAG, "FAIL"))
+            run_id = run.info.run_id
+            _retry(
+                "tag a stale run",
+                lambda run_id=run_id, new_tags=new_tags: client.log_batch(run_id, tags=new_tags),
+                deadline=self.deadline,
+            )
+            _retry(
+                "end a stale run",
+                lambda run_id=run_id: client.set_terminated(run_id, status=status),
+                deadline=self.deadline,
+            )
+            count += 1
+        return count
+
+
+__all__ = [
+    "ROBUST_LOWER_BOUND",
+    "StudyTracker",
+    "TrackingError",
+    "TrialTracker",
+    "config_params",
+    "division_summary",
+    "final_metrics",
+    "is_robust",
+    "write_artifacts",
+]

@@ -1,0 +1,160 @@
+"""``nalu-study export`` on a small real study (SQLite default), read back with pyarrow."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from nalu_core import RunConfig
+from study._cli import app
+from study._export import BEST_SCHEMA, TRIAL_SCHEMA
+from study._tracking import StudyTracker
+from tests.study.test_tracking import run_trial, small_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_tracking_uri: Callable[[Path], str]
+) -> dict[str, Any]:
+    """Study ``exp`` in ``<workdir>/exp``: add x {good, bad lr}, sub x {good}, one pruned."""
+    workdir = tmp_path_factory.mktemp("workdir")
+    uri = sqlite_tracking_uri(workdir / "exp")
+    study = StudyTracker(uri, study_name="exp")
+    experiment = study.prepare()
+    parent = study.start_launch()
+    runs = {}
+    for number, (op, lr) in enumerate([("add", 0.001), ("add", 0.1), ("sub", 0.1)]):
+        config = small_config(op, lr=lr)
+        tracker, result, _ = run_trial(
+            uri, experiment, parent, config, ray_id=f"t{number}", optuna_trial=number
+        )
+        runs[number] = {"run_id": tracker.run_id, "config": config, "result": result}
+    pruned, _, _ = run_trial(
+        uri, experiment, parent, small_config("add"), ray_id="t3", optuna_trial=3, stop_after=1
+    )
+    pruned.finish("PRUNED")
+    study.end_launch()
+    return {"workdir": workdir, "uri": uri, "runs": runs, "pruned": pruned.run_id}
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+def test_default_yaml_is_the_best_per_task_and_op(trained: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "best"
+    res = invoke("export", "exp", "--workdir", str(trained["workdir"]), "--out", str(out))
+    assert res.exit_code == 0, res.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["static_add.yaml", "static_sub.yaml"]
+    runs = trained["runs"]
+    add = (out / "static_add.yaml").read_text()
+    assert RunConfig.from_dict(yaml.safe_load(add)) == runs[1]["config"]  # lr 0.1 beats 0.001
+    assert runs[1]["run_id"] in add and "Optuna trial 1" in add
+    sub = RunConfig.from_dict(yaml.safe_load((out / "static_sub.yaml").read_text()))
+    assert sub == runs[2]["config"]
+
+
+def test_json_and_parquet_carry_the_evidence(trained: dict[str, Any], tmp_path: Path) -> None:
+    uri, runs = trained["uri"], trained["runs"]
+    res = invoke(
+        "export",
+        "exp",
+        "--format",
+        "json",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "b.json"),
+    )
+    assert res.exit_code == 0, res.output
+    best = {(b["task"], b["op"]): b for b in json.loads((tmp_path / "b.json").read_text())["best"]}
+    add = best[("static", "add")]
+    result = runs[1]["result"]
+    assert add["run_id"] == runs[1]["run_id"] and add["optuna_trial"] == 1
+    assert add["success_rate"] == result.success_rate and add["seeds"] == 4
+    assert (add["success_lower"], add["success_upper"]) == result.success_ci
+    assert add["steps"] == 300 and add["config"] == runs[1]["config"].to_dict()
+
+    res = invoke(
+        "export",
+        "exp",
+        "--format",
+        "parquet",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "b.parquet"),
+    )
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(tmp_path / "b.parquet")
+    assert table.schema.equals(BEST_SCHEMA) and table.num_rows == 2
+    assert set(table.column("run_id").to_pylist()) == {runs[1]["run_id"], runs[2]["run_id"]}
+
+
+def test_all_trials_parquet_schema(trained: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "all.parquet"
+    res = invoke(
+        "export",
+        "exp",
+        "--all",
+        "--format",
+        "parquet",
+        "--tracking-uri",
+        trained["uri"],
+        "--out",
+        str(out),
+    )
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(out)
+    assert table.num_rows == 4
+    assert table.schema.names[: len(TRIAL_SCHEMA)] == TRIAL_SCHEMA.names
+    for field in TRIAL_SCHEMA:
+        assert table.schema.field(field.name).type == field.type
+    rows = {r["run_id"]: r for r in table.to_pylist()}
+    pruned = rows[trained["pruned"]]
+    assert pruned["state"] == "PRUNED" and pruned["status"] == "FINISHED"
+    good = rows[trained["runs"][1]["run_id"]]
+    assert good["state"] == "COMPLETE" and good["param.lr"] == "0.1" and good["optuna_trial"] == 1
+    assert good["metric.success_rate"] == trained["runs"][1]["result"].success_rate
+    assert good["duration_s"] > 0 and good["node"] and good["robust"] is True
+
+
+def test_bad_requests_exit_2_naming_the_problem(trained: dict[str, Any]) -> None:
+    res = invoke("export", "nope", "--tracking-uri", trained["uri"])
+    assert res.exit_code == 2 and "nope" in res.output
+    res = invoke("export", "exp", "--all", "--tracking-uri", trained["uri"])
+    assert res.exit_code == 2 and "--format parquet" in res.output
+    res = invoke("export", "exp", "--format", "csv", "--tracking-uri", trained["uri"])
+    assert res.exit_code == 2 and "--format" in res.output
+
+
+def test_exported_yaml_reproduces_its_success_rate(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "best"
+    assert (
+        invoke("export", "exp", "--tracking-uri", trained["uri"], "--out", str(out)).exit_code == 0
+    )
+    evidence = trained["runs"][1]["result"]
+    res = invoke(
+        "train",
+        "--config",
+        str(out / "static_add.yaml"),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--quiet",
+    )
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "r.json").read_text())
+    low, high = evidence.success_ci
+    assert low <= again["success_rate"] <= high

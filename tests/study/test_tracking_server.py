@@ -1,0 +1,90 @@
+"""Tracking against a real ``mlflow server`` with a PostgreSQL backend, including an outage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from nalu_core import PopulationTrainer
+from study._tracking import StudyTracker, TrialTracker, config_params
+from tests.study.conftest import MlflowServer
+from tests.study.test_tracking import EVAL_METRICS, run_trial, small_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def server_study(mlflow_server: MlflowServer) -> StudyTracker:
+    tracker = StudyTracker(mlflow_server.uri, study_name="served")
+    tracker.prepare()
+    tracker.start_launch(params={"spec": "quick"})
+    return tracker
+
+
+def test_trial_on_a_server_with_postgres(server_study: StudyTracker, tmp_path: Path) -> None:
+    config = small_config("div", "nalu")
+    tracker, result, evals = run_trial(
+        server_study.tracking_uri,
+        server_study.experiment_id,  # type: ignore[arg-type]
+        server_study.parent_run_id,
+        config,
+        ray_id="srv-1",
+    )
+    client = MlflowClient(server_study.tracking_uri)
+    run = client.get_run(tracker.run_id)  # type: ignore[arg-type]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == server_study.parent_run_id
+    assert run.data.params == config_params(config)
+    assert "division_summary" in run.data.tags
+    for name in EVAL_METRICS:
+        assert len(client.get_metric_history(run.info.run_id, name)) == evals
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "seeds.parquet", "division_probe.png"} <= names
+    local = client.download_artifacts(run.info.run_id, "seeds.parquet", str(tmp_path))
+    assert pq.read_table(local).num_rows == config.train.seeds
+    server_study.end_launch()
+    assert client.get_run(server_study.parent_run_id).info.status == "FINISHED"  # type: ignore[arg-type]
+
+
+def test_metrics_survive_a_server_outage(
+    server_study: StudyTracker, mlflow_server: MlflowServer
+) -> None:
+    """Stop the server mid-trial, keep training, restart it on the same port: all arrive."""
+    config = small_config(steps=600)
+    tracker = TrialTracker(
+        server_study.tracking_uri,
+        experiment_id=server_study.experiment_id,  # type: ignore[arg-type]
+        parent_run_id=server_study.parent_run_id,
+        trial_name="outage",
+        params=config_params(config),
+        tags={"nalu.ray_trial_id": "srv-outage"},
+        backoff=(0.2, 1.0),
+        open_timeout=30,
+    )
+    assert tracker.run_id is not None
+    trainer = PopulationTrainer(config)
+    steps = []
+    for report in trainer.run():
+        tracker.log_eval(report.step, report.metrics())
+        steps.append(report.step)
+        if len(steps) == 2:
+            mlflow_server.stop(graceful=False)  # a crash; the trial must not notice
+    assert len(steps) == 6
+    result = trainer.result()
+    tracker.log_result(result)
+    assert tracker._delivery.pending_count() > 0  # held back, not lost
+    mlflow_server.start()
+    assert tracker.finish("COMPLETE", timeout=60)
+    assert tracker._delivery.failures > 0 and tracker.dropped == 0
+
+    client = MlflowClient(server_study.tracking_uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["nalu.state"] == "COMPLETE"
+    for name in EVAL_METRICS:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted({m.step for m in history}) == steps, name
+    assert run.data.metrics["success_rate"] == result.success_rate
+    assert "best_replica.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -1,0 +1,76 @@
+"""Every benchmark's ``--smoke-test`` runs in a subprocess, so that none can rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def _run(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke-test", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_bench_trainer_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "trainer.json"
+    proc = _run("bench_trainer.py", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert {(r["dim"], r["population"]) for r in rows} == {(100, 1), (100, 8), (2, 1), (2, 8)}
+    for row in rows:
+        assert row["replica_steps_per_s"] > 0
+        assert row["per_seed_steps_per_s"] > 0
+    # persistent state: NAU -> NAU with hidden 2 on 100 inputs is 202 weights, each kept
+    # as value, gradient, Adam's two moments and the best-so-far copy (float32)
+    by_dim = {r["dim"]: r for r in rows}
+    assert by_dim[100]["persistent_bytes"] == 202 * 5 * 4
+    assert by_dim[2]["persistent_bytes"] == 6 * 5 * 4
+    assert {"data", "forward", "backward", "optimizer"} <= set(report["profiles"][0]["seconds"])
+
+
+def test_reproduce_madsen_smoke(tmp_path: Path) -> None:
+    proc = _run("reproduce_madsen.py", "--ops", "mul", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")]
+    assert sorted(c["model"] for c in cells) == ["nac_add", "nac_mul", "nalu", "nau", "nmu"]
+    table = (tmp_path / "table.md").read_text()
+    # the published figure sits next to ours, and cells not run are marked as such
+    assert "| NMU (nau→nmu) | × | 0/2 = 0%" in table
+    assert "98% (93%–99%)" in table
+    assert "| NAU (nau→nau) | + | not run |" in table
+
+
+@pytest.mark.integration
+def test_bench_study_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "study.json"
+    proc = _run("bench_study.py", "--json", str(out), timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["trials"] == 1
+    assert report["slot_seconds"]["training"] > 0
+    assert 0 < report["overhead_fraction"] < 1
+
+
+@pytest.mark.skipif(
+    not (BENCHMARKS / "bench_dashboard.py").exists(), reason="bench_dashboard.py not written yet"
+)
+def test_bench_dashboard_smoke() -> None:
+    proc = _run("bench_dashboard.py", timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
