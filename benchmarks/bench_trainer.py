@@ -33,13 +33,20 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from nalu_core import LayerConfig, ModelConfig, PopulationTrainer, RunConfig, TaskConfig
-from nalu_core import TrainConfig
+from nalu_core import (
+    LayerConfig,
+    ModelConfig,
+    PopulationTrainer,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+)
+from nalu_core._tasks import Task
 
 BATCH = 128
 HIDDEN = 2
@@ -105,7 +112,7 @@ def per_seed_rate(unit: str, dim: int, *, seconds: float, device: str) -> float:
         t = static_target(x, a, b)
         loss = (model(x) - t).pow(2).mean()
         opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         opt.step()
         for layer in model:
             layer.clamp_()  # type: ignore[operator]
@@ -130,6 +137,32 @@ def population_trainer(unit: str, dim: int, population: int, *, device: str) -> 
     return PopulationTrainer(config)
 
 
+class SingleStreamSampling:
+    """What-if, not the trainer's behaviour: the whole (P, B, in) batch from one generator in
+    one call, drawn straight into the range. Replica p's data then depends on P, which the
+    trainer rules out; this bounds what a vectorised per-replica RNG could gain."""
+
+    def __init__(self, task: Any) -> None:
+        self._task = task
+        self._generator = torch.Generator(device="cpu").manual_seed(0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+    def sample(
+        self, generators: list[torch.Generator], batch_size: int, *, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        device = generators[0].device
+        if device.type != "cpu":
+            self._generator = generators[0]
+        x = torch.empty(
+            len(generators), batch_size, self._task.in_features, device=device, dtype=dtype
+        )
+        lo, hi = self._task.interpolation[0]
+        x.uniform_(lo, hi, generator=self._generator)  # (P, B, in)
+        return x, self._task._target(x)
+
+
 def population_rate(trainer: PopulationTrainer, *, seconds: float, device: str) -> float:
     """Population steps per second (multiply by P for replica-steps/s)."""
 
@@ -145,7 +178,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _rate(step: Callable[[], None], *, seconds: float, device: str, warmup: int = 3) -> float:
+def _rate(step: Callable[[], object], *, seconds: float, device: str, warmup: int = 3) -> float:
     for _ in range(warmup):
         step()
     _sync(device)
@@ -205,7 +238,9 @@ def profile_step(trainer: PopulationTrainer, *, steps: int, device: str) -> dict
     for _ in range(steps):
         x, t = timed(
             "data",
-            lambda: trainer.task.sample(trainer.data_generators, cfg.batch_size, dtype=trainer.dtype),
+            lambda: trainer.task.sample(
+                trainer.data_generators, cfg.batch_size, dtype=trainer.dtype
+            ),
         )
         loss = timed("forward", lambda: trainer.task.loss(trainer.network(x), t).sum())  # noqa: B023
         trainer.optimizer.zero_grad(set_to_none=False)
@@ -288,6 +323,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for dim in args.dims:
         for P in args.populations:
             trainer = population_trainer(args.unit, dim, P, device=device)
+            if args.single_stream_sampling:
+                trainer.task = cast(Task, SingleStreamSampling(trainer.task))
             base_before = per_seed_rate(args.unit, dim, seconds=args.seconds, device=device)
             pop = population_rate(trainer, seconds=args.seconds, device=device)
             base_after = per_seed_rate(args.unit, dim, seconds=args.seconds, device=device)
@@ -315,13 +352,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     profiles = []
     for dim in args.dims:
         trainer = population_trainer(args.unit, dim, args.profile_population, device=device)
+        if args.single_stream_sampling:
+            trainer.task = cast(Task, SingleStreamSampling(trainer.task))
         prof = profile_step(trainer, steps=args.profile_steps, device=device)
         limits = work_per_replica_step(dim)
-        profiles.append({"dim": dim, "population": args.profile_population, "seconds": prof,
-                         "work_per_replica_step": limits})
+        profiles.append(
+            {
+                "dim": dim,
+                "population": args.profile_population,
+                "seconds": prof,
+                "work_per_replica_step": limits,
+            }
+        )
         total = prof["full_step"] + prof["evaluation_per_step"]
-        parts = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in prof.items()
-                          if k != "full_step")
+        parts = "  ".join(
+            f"{k} {100 * v / total:.0f}%" for k, v in prof.items() if k != "full_step"
+        )
         print(f"profile d={dim} P={args.profile_population}: {1e3 * total:.2f} ms/step; {parts}")
     limits = machine_limits(device, seconds=args.seconds)
     for p in profiles:
@@ -349,12 +395,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "device": device
-            if not device.startswith("cuda")
-            else torch.cuda.get_device_name(),
+            "device": device if not device.startswith("cuda") else torch.cuda.get_device_name(),
         },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "unit": args.unit,
+        "single_stream_sampling": args.single_stream_sampling,
         "rows": rows,
         "profiles": profiles,
         "limits": limits,
@@ -365,14 +410,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--unit", choices=sorted(PLAIN_UNITS), default="nau")
-    parser.add_argument(
-        "--populations", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096]
-    )
+    parser.add_argument("--populations", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096])
     parser.add_argument("--dims", type=int, nargs="+", default=[100, 2])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--profile-population", type=int, default=1024)
     parser.add_argument("--profile-steps", type=int, default=20)
+    parser.add_argument(
+        "--single-stream-sampling",
+        action="store_true",
+        help="what-if: draw the population's batch in one RNG call (see SingleStreamSampling)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, a few seconds")
     args = parser.parse_args(argv)
@@ -390,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     if args.smoke_test:
-        ok = all(r["replica_steps_per_s"] > 0 and math.isfinite(r["ratio"]) for r in report["rows"])
+        ok = all(
+            r["replica_steps_per_s"] > 0 and math.isfinite(r["ratio"]) for r in report["rows"]
+        )
         return 0 if ok else 1
     return 0
 

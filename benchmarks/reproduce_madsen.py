@@ -118,6 +118,9 @@ class Variant:
     eval_every: int
     eval_samples: int
     published_schedule: bool
+    # one regulariser strength for every layer (stable-nalu's single --regualizer);
+    # None: each layer's published strength
+    regularizer_lambda: float | None = None
 
 
 def run_config(model: str, op: str, variant: Variant, *, device: str) -> RunConfig:
@@ -129,6 +132,8 @@ def run_config(model: str, op: str, variant: Variant, *, device: str) -> RunConf
             "regularizer_start": int(variant.steps * REG_START_FRACTION),
             "regularizer_end": int(variant.steps * REG_END_FRACTION),
         }
+    if variant.regularizer_lambda is not None:
+        reg["regularizer_lambda"] = variant.regularizer_lambda
     return RunConfig(
         task=TaskConfig(
             name="static",
@@ -185,6 +190,15 @@ def run_cell(model: str, op: str, variant: Variant, *, device: str) -> dict[str,
         "wall_seconds": wall,
         "replica_steps_per_second": len(result.seeds) * result.steps / wall,
         "config": config.to_dict(),
+        # the learning curve: success rate and MSE quantiles at every evaluation
+        "history": [
+            {
+                k: v
+                for k, v in h.items()
+                if k.startswith(("step", "success_rate", "extrap", "interp"))
+            }
+            for h in result.history
+        ],
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -267,6 +281,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--table-only", action="store_true", help="rewrite OUT/table.md")
     parser.add_argument("--rerun", action="store_true", help="ignore finished cells")
     parser.add_argument(
+        "--regularizer-lambda",
+        type=float,
+        default=None,
+        help="one sparsity-regulariser strength for every layer (default: each unit's own)",
+    )
+    parser.add_argument(
         "--shard", default="0/1", help="i/n: run every n-th cell from the i-th (parallel runs)"
     )
     return parser.parse_args(argv)
@@ -305,6 +325,8 @@ def choose_variant(args: argparse.Namespace) -> Variant:
     name = base.name
     if (steps, seeds) != (base.steps, base.seeds):
         name = f"{base.name}-{steps}x{seeds}"
+    if args.regularizer_lambda is not None:
+        name = f"{name}-lambda{args.regularizer_lambda:g}"
     return Variant(
         name=name,
         steps=steps,
@@ -312,6 +334,7 @@ def choose_variant(args: argparse.Namespace) -> Variant:
         eval_every=min(base.eval_every, steps),
         eval_samples=base.eval_samples,
         published_schedule=base.published_schedule,
+        regularizer_lambda=args.regularizer_lambda,
     )
 
 
@@ -323,8 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "cells").mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         index, count = (int(v) for v in args.shard.split("/"))
-        cells = [(m, o) for m, o in PRIORITY if m in args.models and o in args.ops]
-        for model, op in cells[index::count]:
+        todo = [(m, o) for m, o in PRIORITY if m in args.models and o in args.ops]
+        for model, op in todo[index::count]:
             path = out / "cells" / f"{model}-{op}.json"
             if path.exists() and not args.rerun:
                 if json.loads(path.read_text())["variant"] == variant.name:

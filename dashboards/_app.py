@@ -68,8 +68,9 @@ class ServerLinks:
     def division(self, study: str) -> str:
         return self._page(study, "division")
 
-    def importance(self, study: str) -> str:
-        return self._page(study, "importance")
+    def importance(self, study: str, task: str | None = None, op: str | None = None) -> str:
+        query = {"task": task, "op": op} if task and op else {}
+        return self._page(study, "importance", **query)
 
     def plots(self, study: str) -> str:
         return self._page(study, "plots")
@@ -237,13 +238,20 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
     ) -> HTMLResponse:
         imp = dash.importance(study, task=task, op=op, evaluator=evaluator, wait=PAGE_WAIT_S)
         return _html(
-            f"{study} importance", pages.importance_section(imp), pages.study_nav(LINKS, study)
+            f"{study} importance",
+            pages.importance_section(imp, LINKS, dash.studies_slices(study)),
+            pages.study_nav(LINKS, study),
         )
 
     @app.get("/studies/{study:path}/plots", include_in_schema=False)
     def plots_page(study: str, task: Task = None, op: Op = None) -> HTMLResponse:
-        body = pages.plots_section(
-            dash.parallel(study, task=task, op=op), dash.scatter(study, task=task, op=op)
+        # ~1 MB of figure JSON for 10,000 trials: render it once per read of the trials
+        body = dash.memo(
+            study,
+            ("plots-html", task, op),
+            lambda _: pages.plots_section(
+                dash.parallel(study, task=task, op=op), dash.scatter(study, task=task, op=op)
+            ),
         )
         return _html(f"{study} plots", body, pages.study_nav(LINKS, study))
 

@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
             study, tracking_uri=tracking_uri, storage=storage, workdir=workdir
         )
         dash = Dashboard(uri, storage=optuna_storage, ttl=ttl, ui_url=mlflow_ui)
+        dash.warm_up()
         typer.echo(f"nalu-study dashboard on http://{host}:{port}/ reading {uri}")
         typer.echo(f"JSON API: http://{host}:{port}/docs")
         uvicorn.run(create_app(dash), host=host, port=port, log_level="warning")

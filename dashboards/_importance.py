@@ -101,9 +101,18 @@ def frozen_from_optuna(
     check_sqlite_exists(storage, what="Optuna storage", field_name="storage")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        loaded = optuna.load_study(study_name=study, storage=storage)
-    except KeyError as err:
-        raise NotFoundError(f"no Optuna study {study!r} in {storage}", field="study") from err
+        names = optuna.get_all_study_names(storage)
+        # the launcher keeps one Optuna study per task × op, named "<study>.<task>-<op>"
+        wanted = [f"{study}.{task}-{op}", study]
+        name = next((n for n in wanted if n in names), None)
+        if name is None:
+            raise NotFoundError(
+                f"no Optuna study {wanted[0]!r} or {study!r} in {storage}; it has {names}",
+                field="study",
+            )
+        loaded = optuna.load_study(study_name=name, storage=storage)
+    except NotFoundError:
+        raise
     except Exception as err:
         raise StoreUnavailableError(
             f"cannot read Optuna storage {storage}: {type(err).__name__}: {err}", field="storage"

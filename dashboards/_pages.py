@@ -36,7 +36,7 @@ class Links(Protocol):
     def leaderboard(self, study: str, task: str, op: str) -> str: ...
     def table(self, study: str, task: str) -> str: ...
     def division(self, study: str) -> str: ...
-    def importance(self, study: str) -> str: ...
+    def importance(self, study: str, task: str | None = None, op: str | None = None) -> str: ...
     def plots(self, study: str) -> str: ...
     def trial(self, run_id: str) -> str | None: ...
 
@@ -228,11 +228,13 @@ def division_section(div: DivisionResponse, links: Links) -> str:
     )
 
 
-def importance_section(imp: ImportanceResponse) -> str:
+def importance_section(
+    imp: ImportanceResponse, links: Links, slices: list[str], *, anchor: str = "importance"
+) -> str:
     if imp.pending:
         # a plain reload picks up the result that the worker thread is computing
         return (
-            '<meta http-equiv="refresh" content="3"><h2 id="importance">Hyperparameter '
+            f'<meta http-equiv="refresh" content="3"><h2 id="{esc(anchor)}">Hyperparameter '
             f'importance</h2><p class=note id="importance-pending">{esc(imp.note)}</p>'
         )
     where = f"{imp.task}/{imp.op}" if imp.task or imp.op else "all trials"
@@ -242,13 +244,17 @@ def importance_section(imp: ImportanceResponse) -> str:
         for i in imp.importances
     ]
     body = (
-        plot("importance-plot", figs.importance_figure(imp))
-        + table(["hyperparameter", "importance"], rows, table_id="importance")
+        plot(f"{anchor}-plot", figs.importance_figure(imp))
+        + table(["hyperparameter", "importance"], rows, table_id=f"{anchor}-table")
         if imp.importances
         else f"<p class=note>{esc(imp.note or 'no importances')}</p>"
     )
+    slice_links = " ".join(
+        link(links.importance(imp.study, *sl.split("/", 1)), sl) for sl in slices
+    )
     return (
-        f'<h2 id="importance">Hyperparameter importance ({esc(where)})</h2>'
+        f'<h2 id="{esc(anchor)}">Hyperparameter importance ({esc(where)})</h2>'
+        f"<p class=slices>slices: {slice_links}</p>"
         f"<p class=note>Optuna's {esc(imp.evaluator)} evaluator on {imp.trials} complete trials, "
         f"target {esc(imp.target)}, trials from {esc(imp.source)}.</p>" + body
     )

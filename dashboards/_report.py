@@ -6,6 +6,7 @@ each Madsen-table cell gets its own trial section, so the file works offline and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -39,8 +40,8 @@ class ReportLinks:
     def division(self, study: str) -> str:
         return "#division"
 
-    def importance(self, study: str) -> str:
-        return "#importance"
+    def importance(self, study: str, task: str | None = None, op: str | None = None) -> str:
+        return f"#importance-{quote(task)}-{quote(op)}" if task and op else "#top"
 
     def plots(self, study: str) -> str:
         return "#plots"
@@ -65,12 +66,16 @@ def render_report(dash: Dashboard, study: str, *, evaluator: str = DEFAULT_EVALU
     parts.append(
         _optional(lambda: pages.division_section(dash.division(study), links), "division")
     )
-    parts.append(
-        _optional(
-            lambda: pages.importance_section(dash.importance(study, evaluator=evaluator)),
-            "importance",
+
+    def importance_part(task: str, op: str) -> str:
+        imp = dash.importance(study, task=task, op=op, evaluator=evaluator)
+        anchor = f"importance-{quote(task)}-{quote(op)}"
+        return pages.importance_section(imp, links, slices, anchor=anchor)
+
+    for sl in slices:
+        parts.append(
+            _optional(functools.partial(importance_part, *sl.split("/", 1)), "importance")
         )
-    )
     parts.append(pages.plots_section(dash.parallel(study), dash.scatter(study)))
     parts += [pages.trial_section(dash.trial(run_id), links) for run_id in sorted(best_runs)]
     script = f"<script>{plotly_js()}</script>"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from dashboards import _views as views
 from dashboards._data import (
+    Experiment,
     MlflowSource,
     Trial,
     read_json,
@@ -28,8 +30,11 @@ from dashboards._models import (
     ScatterResponse,
     SeedRow,
     StudiesResponse,
+    StudySummary,
     TrialResponse,
 )
+
+_V = TypeVar("_V")
 
 CURVE_KEYS = (
     "success_rate",
@@ -90,6 +95,8 @@ class Dashboard:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="importance")
         self._importance: dict[tuple[object, ...], Future[ImportanceResponse]] = {}
         self._lock = threading.Lock()
+        # Views are pure functions of one read of the trials: keep each until the read changes.
+        self._views: dict[tuple[object, ...], tuple[list[Trial], Any]] = {}
         # optuna's first import takes seconds; pay it on the worker, not in the first view
         self._pool.submit(importlib.import_module, "optuna.importance")
 
@@ -103,25 +110,66 @@ class Dashboard:
     def trials(self, study: str) -> list[Trial]:
         return self.source.trials(study)
 
+    def memo(
+        self, study: str, key: tuple[object, ...], compute: Callable[[list[Trial]], _V]
+    ) -> _V:
+        """``compute(trials)`` once per read of the study's trials (views and rendered HTML)."""
+        trials = self.trials(study)
+        full = (study, *key)
+        with self._lock:
+            hit = self._views.get(full)
+        if hit is not None and hit[0] is trials:
+            return hit[1]  # type: ignore[no-any-return]
+        value = compute(trials)
+        with self._lock:
+            self._views[full] = (trials, value)
+            while len(self._views) > 64:
+                self._views.pop(next(iter(self._views)))
+        return value
+
+    def warm_up(self) -> threading.Thread:
+        """Reads every study in the background, so that the first page view is a warm one."""
+
+        def work() -> None:
+            try:
+                for summary in self.studies().studies:
+                    self.leaderboard(summary.name)
+            except Exception:
+                pass  # the pages report a broken store themselves
+
+        thread = threading.Thread(target=work, daemon=True, name="dashboard-warm-up")
+        thread.start()
+        return thread
+
     def studies(self) -> StudiesResponse:
-        summaries = [
-            views.study_summary(exp.name, exp.experiment_id, self.source.trials(exp.name))
-            for exp in self.source.experiments()
-        ]
+        summaries = [self._summary(exp) for exp in self.source.experiments()]
         return StudiesResponse(tracking_uri=self.tracking_uri, studies=summaries)
 
+    def _summary(self, exp: Experiment) -> StudySummary:
+        return self.memo(
+            exp.name,
+            ("summary",),
+            lambda trials: views.study_summary(exp.name, exp.experiment_id, trials),
+        )
+
     def studies_slices(self, study: str) -> list[str]:
-        return views.slices(self.trials(study))
+        return self.memo(study, ("slices",), views.slices)
 
     def leaderboard(
         self, study: str, *, task: str | None = None, op: str | None = None, top: int = 50
     ) -> LeaderboardResponse:
-        return views.leaderboard(
-            study, self.trials(study), task=task, op=op, top=top, run_url=self.run_url
+        return self.memo(
+            study,
+            ("leaderboard", task, op, top),
+            lambda trials: views.leaderboard(
+                study, trials, task=task, op=op, top=top, run_url=self.run_url
+            ),
         )
 
     def table(self, study: str, *, task: str | None = None) -> MadsenTableResponse:
-        return views.madsen_table(study, self.trials(study), task=task)
+        return self.memo(
+            study, ("table", task), lambda trials: views.madsen_table(study, trials, task=task)
+        )
 
     def probe(self, trial: Trial) -> Any:
         return self.source.artifact(trial.run_id, "division_probe.json", reader=read_json)
@@ -129,7 +177,11 @@ class Dashboard:
     def division(
         self, study: str, *, task: str | None = None, op: str = "div"
     ) -> DivisionResponse:
-        return views.division(study, self.trials(study), probe=self.probe, task=task, op=op)
+        return self.memo(
+            study,
+            ("division", task, op),
+            lambda trials: views.division(study, trials, probe=self.probe, task=task, op=op),
+        )
 
     def importance(
         self,
@@ -147,6 +199,8 @@ class Dashboard:
         """
         check_evaluator(evaluator)
         trials = self.trials(study)
+        # per task × op: what makes add succeed says little about div
+        task, op = views.pick_slice(trials, task, op)
         key = (study, task, op, evaluator, id(trials))
         with self._lock:
             future = self._importance.get(key)
@@ -186,12 +240,20 @@ class Dashboard:
     def parallel(
         self, study: str, *, task: str | None = None, op: str | None = None
     ) -> ParallelResponse:
-        return views.parallel(study, self.trials(study), task=task, op=op)
+        return self.memo(
+            study,
+            ("parallel", task, op),
+            lambda trials: views.parallel(study, trials, task=task, op=op),
+        )
 
     def scatter(
         self, study: str, *, task: str | None = None, op: str | None = None
     ) -> ScatterResponse:
-        return views.scatter(study, self.trials(study), task=task, op=op)
+        return self.memo(
+            study,
+            ("scatter", task, op),
+            lambda trials: views.scatter(study, trials, task=task, op=op),
+        )
 
     def trial(self, run_id: str) -> TrialResponse:
         trial, study = self.source.trial(run_id)

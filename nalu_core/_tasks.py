@@ -242,6 +242,77 @@ def uniform_to_ranges(u: Tensor, ranges: Ranges) -> Tensor:
     return u.mul_(total).add_(shift[index])
 
 
+# --- counter-based random numbers -------------------------------------------------------
+#
+# A batch element is a keyed hash of (replica seed, step, element index): one batched pass
+# draws every replica's batch, replica p's numbers do not depend on P, and the stream's only
+# state is the step counter. Two rounds of Wellons' lowbias32 integer hash, the first keyed
+# by the low and the second by the high 32 bits of a splitmix64 hash of (seed, step), are
+# computed with int32 torch ops (wrapping multiplies; masks make the right shifts logical).
+
+_INT64_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # splitmix64's increment, as a signed int64
+_INT64_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_INT64_MIX2 = 0x94D049BB133111EB - (1 << 64)
+_STEP_KEY = 0xD1B54A32D192ED03 - (1 << 64)
+_MIX32_1 = 0x7FEB352D
+_MIX32_2 = 0x846CA68B - (1 << 32)
+# elements hashed per pass: the int32 working set then stays in a core's L2 cache
+_COUNTER_CHUNK = 1 << 17
+
+
+def counter_keys(seeds: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    """Two int32 keys (P, 1) per replica for ``step``: splitmix64 of (seed, step)."""
+    offset = ((step + 1) * _STEP_KEY + (1 << 63)) % (1 << 64) - (1 << 63)  # wraps like int64
+    z = seeds.to(torch.int64) * _INT64_GOLDEN + offset  # (P,), wraps
+    z = z ^ ((z >> 30) & ((1 << 34) - 1))
+    z = z * _INT64_MIX1
+    z = z ^ ((z >> 27) & ((1 << 37) - 1))
+    z = z * _INT64_MIX2
+    z = z ^ ((z >> 31) & ((1 << 33) - 1))
+    low, high = z & 0xFFFFFFFF, (z >> 32) & 0xFFFFFFFF
+    # int64 -> int32 keeping the 32 bits: values >= 2^31 become negative
+    low = torch.where(low >= 1 << 31, low - (1 << 32), low).to(torch.int32)
+    high = torch.where(high >= 1 << 31, high - (1 << 32), high).to(torch.int32)
+    return low.unsqueeze(1), high.unsqueeze(1)
+
+
+def _mix32_(z: Tensor) -> Tensor:
+    """lowbias32 in place on int32 bits (a bijection of the 32-bit words)."""
+    z ^= (z >> 16) & 0xFFFF
+    z *= _MIX32_1
+    z ^= (z >> 15) & 0x1FFFF
+    z *= _MIX32_2
+    z ^= (z >> 16) & 0xFFFF
+    return z
+
+
+@functools.lru_cache(maxsize=16)
+def _index_hashes(n: int, device: torch.device) -> Tensor:
+    """lowbias32 of 0..n-1 (n,): the per-element half of the counter hash, computed once."""
+    return _mix32_(torch.arange(n, dtype=torch.int32, device=device))
+
+
+def counter_uniform(seeds: Tensor, step: int, n: int, *, dtype: torch.dtype) -> Tensor:
+    """U[0, 1) numbers (P, n) on ``seeds``' device with 24 random bits each: row p is a
+    function of ``(seeds[p], step)`` only, so it is the same whatever the other rows.
+
+    Element j of row p is lowbias32((h(j) ^ k1) + k2) with h(j) = lowbias32(j) and (k1, k2)
+    the two halves of splitmix64(seed, step): one hash round per element at run time.
+    """
+    low, high = counter_keys(seeds, step)  # (P, 1), (P, 1)
+    P, device = seeds.shape[0], seeds.device
+    out = torch.empty(P, n, dtype=dtype, device=device)
+    index = _index_hashes(n, device)  # (n,)
+    rows = P if device.type != "cpu" else max(1, _COUNTER_CHUNK // n)
+    for r0 in range(0, P, rows):
+        r1 = min(P, r0 + rows)
+        z = index ^ low[r0:r1]  # (rows, n)
+        z += high[r0:r1]
+        z = _mix32_(z) & 0xFFFFFF  # 24 bits: exact in float32
+        torch.mul(z, 2.0**-24, out=out[r0:r1])
+    return out
+
+
 # Madsen & Johansen (2020), table of interpolation -> extrapolation ranges.
 # Mistry et al. (2022), single-module task: 9 pairs, used with input_size 2.
 RANGE_PRESETS: dict[str, tuple[Ranges, Ranges]] = {

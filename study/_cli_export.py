@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -38,6 +39,8 @@ def export(
     from study._export import ExportFormat, default_out, write_export
     from study._settings import resolve_settings
 
+    # MLflow draws a progress bar per downloaded config.yaml; the output is the list of files.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if fmt not in FORMATS:
         typer.echo(f"error: --format must be one of {list(FORMATS)}, got {fmt!r}", err=True)
         raise typer.Exit(2)

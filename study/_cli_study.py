@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from study._errors import SettingsError, SpecError, StudyError
@@ -36,7 +37,9 @@ _console = Console() if sys.stdout.isatty() else Console(width=200)
 def _fail(err: Exception, code: int) -> typer.Exit:
     field = getattr(err, "field", None)
     where = f" [{field}]" if field else ""
-    Console(stderr=True).print(f"[red]error{where}:[/red] {err}", highlight=False)
+    Console(stderr=True).print(
+        f"[red]error{escape(where)}:[/red] {escape(str(err))}", highlight=False, soft_wrap=True
+    )
     return typer.Exit(code)
 
 

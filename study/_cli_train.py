@@ -251,11 +251,18 @@ def train(
         Path | None,
         typer.Option(help="MNIST IDX files (raw or .gz) for mnist-count/mnist-add."),
     ] = None,
+    threads: Annotated[
+        int, typer.Option(min=1, help="torch intra-op threads; 1 is fastest for small units.")
+    ] = 1,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train SEEDS replicas of one configuration; print success rate and summary."""
+    import torch
+
     from nalu_core import PopulationTrainer
 
+    # replicas are batched already; more intra-op threads mostly spin and wait
+    torch.set_num_threads(threads)
     base = _load_config(config)
     try:
         run_config = build_run_config(

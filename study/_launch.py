@@ -109,6 +109,16 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
 
     def step(self) -> dict[str, Any]:
         try:
+            return self._step()
+        except Exception:
+            # the run ends FAILED now; a retry from the checkpoint continues the same run
+            if self.tracker is not None:
+                self.tracker.finish("FAIL")
+            self.finished = True
+            raise
+
+    def _step(self) -> dict[str, Any]:
+        try:
             report = next(self.reports)
         except StopIteration:
             return self._finish()
@@ -413,9 +423,10 @@ def _ray(address: str | None) -> Iterator[None]:
 
     started = False
     if not ray.is_initialized():
-        # a local instance picks free ports itself; never the Redis-default 6379
+        # no address: a fresh local instance ("local"), never whichever cluster `ray start` last
+        # left on this machine; it picks free ports itself, never the Redis-default 6379
         ray.init(
-            address=address,
+            address=address or "local",
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -513,6 +524,8 @@ def launch(
             tracker.end_launch(
                 {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
             )
+            # trial runs whose process died without a word (a lost node) end KILLED
+            tracker.reconcile()
         beat(status=_final_status(status, storage, spec, budget, record))
     wall = time.monotonic() - started
     return LaunchResult(

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from nalu_core import RunConfig
 from study._errors import StudyError
@@ -399,6 +399,32 @@ def _is_permanent(err: BaseException) -> bool:
     return isinstance(err, MlflowException) and err.error_code in _PERMANENT_CODES
 
 
+class _Point(NamedTuple):
+    """One metric value; the trial's thread builds these, never MLflow objects."""
+
+    key: str
+    value: float
+    timestamp: int
+    step: int
+
+
+def _points(metrics: Mapping[str, float], step: int) -> list[_Point]:
+    now = int(time.time() * 1000)
+    return [_Point(str(k), float(v), now, int(step)) for k, v in metrics.items()]
+
+
+def _warm_imports() -> None:
+    # Paid here, while the trial trains, instead of inside log_result at the end.
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+        import safetensors.torch  # noqa: F401
+        import yaml  # noqa: F401
+    except ImportError:  # log_result will say what is missing
+        pass
+
+
 @dataclass
 class _Pending:
     params: dict[str, str] = field(default_factory=dict)
@@ -413,14 +439,15 @@ class _Delivery:
 
     def __init__(
         self,
-        client: MlflowClient,
+        tracking_uri: str,
         open_run: Any,
         *,
         max_buffered: int,
         backoff: tuple[float, float],
         min_interval: float,
     ) -> None:
-        self._client = client
+        self._tracking_uri = tracking_uri
+        self._client: MlflowClient | None = None  # made on this thread: importing mlflow is slow
         self._min_interval = min_interval
         # (client) -> (run_id, last evaluated step of a continued run or -1); runs here
         self._open_run = open_run
@@ -430,6 +457,7 @@ class _Delivery:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
+        self._woken_by_close = False
         self.run_id: str | None = None
         self._done_step = -1  # a continued run's last evaluated step
         self.opened = threading.Event()
@@ -518,10 +546,19 @@ class _Delivery:
                 # One warning per outage, not one per retry.
                 level = logging.WARNING if self.failures_in_a_row == 1 else logging.DEBUG
                 log.log(level, "tracking delivery failed (%s); retrying with backoff", err)
-                with self._wake:
-                    # Sleep, but a close() wakes us to retry at once with the long deadline.
-                    self._wake.wait(delay)
+                self._back_off(delay)
                 delay = min(delay * 2, self._backoff_max)
+
+    def _back_off(self, seconds: float) -> None:
+        # New work does not cut the wait short (that would retry on every evaluation), but
+        # close() does, once: the final flush starts with a fresh try.
+        deadline = time.monotonic() + seconds
+        with self._wake:
+            while (left := deadline - time.monotonic()) > 0:
+                if self._closed and not self._woken_by_close:
+                    self._woken_by_close = True
+                    return
+                self._wake.wait(left)
 
     def _gather(self) -> None:
         # Let evaluations gather for min_interval: one transaction for several is far cheaper
@@ -535,8 +572,10 @@ class _Delivery:
                 self._wake.wait(left)
 
     def _deliver_some(self) -> None:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag
 
+        if self._client is None:
+            self._client = _client(self._tracking_uri)
         if self.run_id is None:
             run_id, done_step = self._open_run(self._client)
             with self._lock:
@@ -547,13 +586,14 @@ class _Delivery:
                 self._done_step = done_step
                 self.run_id = run_id
             self.opened.set()
+            _warm_imports()
             return  # then gather: the params go out with the first evaluations
         run_id = self.run_id
         with self._lock:
             params = dict(list(self._pending.params.items())[:_MAX_PARAMS])
             tags = dict(list(self._pending.tags.items())[:_MAX_TAGS])
             metrics = [
-                self._pending.metrics[i][1]
+                Metric(*self._pending.metrics[i][1])
                 for i in range(min(_MAX_METRICS, len(self._pending.metrics)))
             ]
             dropped_before = self.dropped
@@ -603,6 +643,8 @@ class _Delivery:
         self, run_id: str, params: dict[str, str], tags: dict[str, str], metrics: list[Any]
     ) -> None:
         from mlflow.entities import Param, RunTag
+
+        assert self._client is not None
 
         self._client.log_batch(
             run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
@@ -654,7 +696,7 @@ class TrialTracker:
         flush_timeout: float = 120.0,
         max_buffered: int = 200_000,
         backoff: tuple[float, float] = (0.5, 10.0),
-        min_interval: float = 2.0,
+        min_interval: float = 5.0,
     ) -> None:
         start = time.perf_counter()
         self.tracking_uri = tracking_uri
@@ -671,7 +713,7 @@ class TrialTracker:
         if parent_run_id:
             self._tags[PARENT_TAG] = parent_run_id
         self._delivery = _Delivery(
-            _client(tracking_uri),
+            tracking_uri,
             self._open_run,
             max_buffered=max_buffered,
             backoff=backoff,
@@ -730,19 +772,14 @@ class TrialTracker:
 
     def log_eval(self, step: int, metrics: Mapping[str, float]) -> None:
         """Queues one evaluation's flat metrics (``EvalReport.metrics()``) at ``step``."""
-        from mlflow.entities import Metric
-
         start = time.perf_counter()
-        now = int(time.time() * 1000)
-        batch = [Metric(str(k), float(v), now, int(step)) for k, v in metrics.items()]
+        batch = _points(metrics, step)
         self._delivery.put(metrics=batch, evaluation=True)
         self._last_eval = (int(step), {m.key: m.value for m in batch})
         self.tracking_seconds += time.perf_counter() - start
 
     def log_result(self, result: _Result) -> None:
         """Queues the final metrics, params, tags and artifacts of a finished ``TrainResult``."""
-        from mlflow.entities import Metric
-
         start = time.perf_counter()
         final = final_metrics(result)
         final["train_seconds"] = float(result.train_seconds)
@@ -757,11 +794,10 @@ class TrialTracker:
             tags[DIVISION_TAG] = division_summary(result.division_probe) or "no probe recorded"
         folder = Path(tempfile.mkdtemp(prefix="nalu-artifacts-"))
         write_artifacts(result, folder)
-        now = int(time.time() * 1000)
         self._delivery.put(
             params=missing,
             tags=tags,
-            metrics=[Metric(k, v, now, step) for k, v in final.items()],
+            metrics=_points(final, step),
             artifacts=folder,
         )
         self.tracking_seconds += time.perf_counter() - start
@@ -777,15 +813,13 @@ class TrialTracker:
             return True
         start = time.perf_counter()
         self.finished = True
-        from mlflow.entities import Metric
-
         status = _STATE_TO_STATUS[state]
         tags: dict[str, str] = {STATE_TAG: state}
         if self._delivery.dropped:
             tags[DROPPED_TAG] = str(self._delivery.dropped)
         # The cost of tracking in this trial (without this final flush), for overhead audits.
-        cost = Metric("tracking_seconds", self.tracking_seconds, int(time.time() * 1000), 0)
-        self._delivery.put(tags=tags, metrics=[cost], status=status)
+        cost = _points({"tracking_seconds": self.tracking_seconds}, 0)
+        self._delivery.put(tags=tags, metrics=cost, status=status)
         done = self._delivery.close(self.flush_timeout if timeout is None else timeout)
         if not done:
             warnings.warn(

@@ -79,7 +79,8 @@ def test_division_panel_reads_each_units_best_probe(client: TestClient, store: S
 def test_importance_parallel_and_scatter(client: TestClient) -> None:
     imp = client.get(f"/api/studies/{Q}/importance").json()
     assert imp["evaluator"] == "ped_anova" and imp["source"] == "mlflow"
-    assert imp["trials"] == 14 and {i["param"] for i in imp["importances"]} == {"unit", "lr"}
+    assert (imp["task"], imp["op"]) == ("static", "add")  # per slice: default the first
+    assert imp["trials"] == 6 and {i["param"] for i in imp["importances"]} == {"unit", "lr"}
     bad = client.get(f"/api/studies/{Q}/importance", params={"evaluator": "magic"})
     assert bad.status_code == 400 and bad.json()["field"] == "evaluator"
     par = client.get(f"/api/studies/{Q}/parallel", params={"op": "div"}).json()

@@ -36,7 +36,7 @@ def test_report_writes_one_self_contained_file(store: StudyStore, tmp_path: Path
     assert "94% [72%, 99%]</a>" in text
     run_id = store.run_ids[("nmu", "mul", 0.01)]
     assert f'href="#trial-{run_id}"' in text and f'id="trial-{run_id}"' in text
-    assert 'id="division-plot"' in text and 'id="importance"' in text
+    assert 'id="division-plot"' in text and 'id="importance-static-add"' in text
 
 
 def test_report_of_unknown_study_is_a_message_not_a_trace(

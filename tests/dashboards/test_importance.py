@@ -13,7 +13,8 @@ from dashboards._importance import importance
 
 def test_importance_reads_the_optuna_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    # the launcher's naming: one Optuna study per task × op
+    study = optuna.create_study(study_name="s.static-add", storage=url, direction="maximize")
     for i in range(30):
         lr = 10 ** (-4 + 3 * i / 29)
         study.add_trial(
@@ -26,12 +27,12 @@ def test_importance_reads_the_optuna_study(tmp_path: Path) -> None:
                 value=1.0 if lr > 0.01 else 0.0,
             )
         )
-    result = importance("s", [], evaluator="ped_anova", storage=url)
+    result = importance("s", [], task="static", op="add", evaluator="ped_anova", storage=url)
     assert result.source == "optuna" and result.trials == 30
     scores = {i.param: i.importance for i in result.importances}
     assert max(scores, key=lambda k: scores[k]) == "lr"
     with pytest.raises(NotFoundError):
-        importance("other", [], storage=url)
+        importance("s", [], task="static", op="div", storage=url)
 
 
 def test_missing_optuna_file_is_reported_and_not_created(tmp_path: Path) -> None:

@@ -48,6 +48,19 @@ def cluster_spec(tmp_path: Path) -> dict[str, Any]:
     }
 
 
+def _forget_address(address: str) -> None:
+    """Cluster() advertises itself in /tmp/ray/ray_current_cluster, where any plain
+    ``ray.init()`` on this shared machine would join it; withdraw that advert (ours only)."""
+    from ray._common.utils import get_ray_address_file
+
+    advert = Path(get_ray_address_file(None))
+    try:
+        if advert.read_text().strip() == address:
+            advert.unlink()
+    except OSError:
+        pass
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_node_cluster_postgres_pruning_and_retries(tmp_path: Path, postgres_url: str) -> None:
@@ -63,6 +76,7 @@ def test_two_node_cluster_postgres_pruning_and_retries(tmp_path: Path, postgres_
     )
     lines: list[str] = []
     try:
+        _forget_address(cluster.address)
         cluster.add_node(num_cpus=1)
         settings = resolve_settings(
             spec.name,

@@ -197,7 +197,7 @@ def test_reconcile_requeues_each_interrupted_trial_once(tmp_path: Path) -> None:
     }
     rerun = study.ask()  # the next trial asked is the re-enqueued one, with its parameters
     assert rerun.number == waiting[0].number
-    assert rerun.suggest_float("lr", 1e-3, 5e-2, log=True) == trials[2].params["lr"]
+    assert rerun.suggest_float("lr", 1e-3, 5e-2) == trials[2].params["lr"]
     study.tell(rerun, state=TrialState.FAIL)
     # num_samples 3: COMPLETE + PRUNED count, FAIL does not
     assert quotas(storage, spec, num_samples=3) == {"static-add": 1}

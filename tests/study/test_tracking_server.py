@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from nalu_core import PopulationTrainer
+from nalu_core import PopulationTrainer, RunConfig
+from study._export import best_configs
 from study._tracking import StudyTracker, TrialTracker, config_params
 from tests.study.conftest import MlflowServer
 from tests.study.test_tracking import EVAL_METRICS, run_trial, small_config
@@ -45,6 +46,9 @@ def test_trial_on_a_server_with_postgres(server_study: StudyTracker, tmp_path: P
     assert {"config.yaml", "seeds.parquet", "division_probe.png"} <= names
     local = client.download_artifacts(run.info.run_id, "seeds.parquet", str(tmp_path))
     assert pq.read_table(local).num_rows == config.train.seeds
+    best = best_configs(server_study.tracking_uri, "served")  # export reads the server too
+    assert [b.run_id for b in best] == [run.info.run_id]
+    assert RunConfig.from_dict(best[0].config) == config
     server_study.end_launch()
     assert client.get_run(server_study.parent_run_id).info.status == "FINISHED"  # type: ignore[arg-type]
 
