@@ -140,7 +140,9 @@ def population_trainer(unit: str, dim: int, population: int, *, device: str) -> 
 class SingleStreamSampling:
     """What-if, not the trainer's behaviour: the whole (P, B, in) batch from one generator in
     one call, drawn straight into the range. Replica p's data then depends on P, which the
-    trainer rules out; this bounds what a vectorised per-replica RNG could gain."""
+    trainer rules out; this bounds what a faster per-replica RNG could gain."""
+
+    counter_sampling = False
 
     def __init__(self, task: Any) -> None:
         self._task = task
@@ -224,7 +226,6 @@ def peak_cuda_bytes_per_replica(trainer: PopulationTrainer, device: str) -> floa
 def profile_step(trainer: PopulationTrainer, *, steps: int, device: str) -> dict[str, float]:
     """Seconds per step of each phase, mirroring ``PopulationTrainer._train_step``; the
     remainder of the full step (divergence checks, masking, bookkeeping) is ``other``."""
-    cfg = trainer.train_config
     phases = dict.fromkeys(("data", "forward", "backward", "optimizer", "clamp"), 0.0)
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -236,14 +237,9 @@ def profile_step(trainer: PopulationTrainer, *, steps: int, device: str) -> dict
         return out
 
     for _ in range(steps):
-        x, t = timed(
-            "data",
-            lambda: trainer.task.sample(
-                trainer.data_generators, cfg.batch_size, dtype=trainer.dtype
-            ),
-        )
+        x, t = timed("data", trainer._sample)
         loss = timed("forward", lambda: trainer.task.loss(trainer.network(x), t).sum())  # noqa: B023
-        trainer.optimizer.zero_grad(set_to_none=False)
+        trainer.optimizer.zero_grad()
         timed("backward", lambda: loss.backward())  # noqa: B023
         timed("optimizer", trainer.optimizer.step)
         timed("clamp", trainer.network.clamp_)

@@ -58,17 +58,27 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(DEFAULT_PORT, help="Port to listen on."),
         ttl: float = typer.Option(30.0, help="Seconds MLflow reads are reused for."),
         mlflow_ui: str | None = typer.Option(None, help="MLflow UI base URL for run links."),
+        snapshot_dir: Path | None = typer.Option(
+            None,
+            help="Where the last read of each study is kept for a fast restart "
+            "[default: ~/.cache/nalu-study/dashboard].",
+        ),
+        no_snapshot: bool = typer.Option(False, help="Keep no snapshot; always read the store."),
     ) -> None:
         """Serve the web dashboard (HTML pages and a JSON API documented at /docs)."""
         import uvicorn
 
         from dashboards._app import create_app
         from dashboards._service import Dashboard
+        from dashboards._snapshot import default_snapshot_dir
 
         uri, optuna_storage = _settings(
             study, tracking_uri=tracking_uri, storage=storage, workdir=workdir
         )
-        dash = Dashboard(uri, storage=optuna_storage, ttl=ttl, ui_url=mlflow_ui)
+        snapshots = None if no_snapshot else (snapshot_dir or default_snapshot_dir())
+        dash = Dashboard(
+            uri, storage=optuna_storage, ttl=ttl, ui_url=mlflow_ui, snapshot_dir=snapshots
+        )
         dash.warm_up()
         typer.echo(f"nalu-study dashboard on http://{host}:{port}/ reading {uri}")
         typer.echo(f"JSON API: http://{host}:{port}/docs")

@@ -9,7 +9,6 @@ checkpoints written with ``torch.optim.Adam``/``RMSprop``/``SGD`` load unchanged
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -70,7 +69,7 @@ class PopulationOptimizer:
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             step = float(state["step"])
-            bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(_ADAM_EPS)
             p.addcdiv_(exp_avg, denom, value=-self.lr / (1 - beta1**step))
         elif self.name == "rmsprop":

@@ -68,6 +68,8 @@ class Task(abc.ABC):
     """Base class of every task; subclasses are frozen dataclasses validated on creation."""
 
     name: ClassVar[str]
+    # True: the trainer draws batches with sample_at (counter-based streams), not sample
+    counter_sampling: ClassVar[bool] = False
     op: str
 
     @property
@@ -86,6 +88,20 @@ class Task(abc.ABC):
 
         The tensors live on the generators' device.
         """
+
+    def sample_at(
+        self,
+        seeds: Tensor,
+        step: int,
+        batch_size: int,
+        *,
+        dtype: torch.dtype,
+        out: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Like :meth:`sample`, but replica p's batch is a function of ``(seeds[p], step)``
+        only (counter-based streams, see :func:`counter_uniform`); on ``seeds``' device.
+        ``out``, when given, is reused for ``x`` (a caller's buffer of ``x``'s size)."""
+        raise NotImplementedError(f"task {self.name!r} draws from generators only")
 
     @abc.abstractmethod
     def evaluation_sets(
@@ -278,6 +294,7 @@ def counter_keys(seeds: Tensor, step: int) -> tuple[Tensor, Tensor]:
 
 def _mix32_(z: Tensor) -> Tensor:
     """lowbias32 in place on int32 bits (a bijection of the 32-bit words)."""
+    # the masks make the arithmetic right shifts of int32 logical
     z ^= (z >> 16) & 0xFFFF
     z *= _MIX32_1
     z ^= (z >> 15) & 0x1FFFF
@@ -292,16 +309,29 @@ def _index_hashes(n: int, device: torch.device) -> Tensor:
     return _mix32_(torch.arange(n, dtype=torch.int32, device=device))
 
 
-def counter_uniform(seeds: Tensor, step: int, n: int, *, dtype: torch.dtype) -> Tensor:
-    """U[0, 1) numbers (P, n) on ``seeds``' device with 24 random bits each: row p is a
+def counter_uniform(
+    seeds: Tensor,
+    step: int,
+    n: int,
+    *,
+    dtype: torch.dtype,
+    interval: Interval = (0.0, 1.0),
+    out: Tensor | None = None,
+) -> Tensor:
+    """U[lo, hi) numbers (P, n) on ``seeds``' device with 24 random bits each: row p is a
     function of ``(seeds[p], step)`` only, so it is the same whatever the other rows.
 
     Element j of row p is lowbias32((h(j) ^ k1) + k2) with h(j) = lowbias32(j) and (k1, k2)
     the two halves of splitmix64(seed, step): one hash round per element at run time.
+    ``out`` (P * n elements of ``dtype``) is written instead of a fresh tensor: a large
+    fresh one costs page faults every call (glibc maps blocks over 32 MiB anew each time).
     """
+    lo, hi = interval
     low, high = counter_keys(seeds, step)  # (P, 1), (P, 1)
     P, device = seeds.shape[0], seeds.device
-    out = torch.empty(P, n, dtype=dtype, device=device)
+    if out is None:
+        out = torch.empty(P, n, dtype=dtype, device=device)
+    out = out.view(P, n)
     index = _index_hashes(n, device)  # (n,)
     rows = P if device.type != "cpu" else max(1, _COUNTER_CHUNK // n)
     for r0 in range(0, P, rows):
@@ -309,7 +339,9 @@ def counter_uniform(seeds: Tensor, step: int, n: int, *, dtype: torch.dtype) -> 
         z = index ^ low[r0:r1]  # (rows, n)
         z += high[r0:r1]
         z = _mix32_(z) & 0xFFFFFF  # 24 bits: exact in float32
-        torch.mul(z, 2.0**-24, out=out[r0:r1])
+        torch.mul(z, (hi - lo) * 2.0**-24, out=out[r0:r1])
+        if lo != 0:
+            out[r0:r1] += lo
     return out
 
 
@@ -377,6 +409,15 @@ def _perturbed_op(op: str, a: Tensor, b: Tensor, eps: float) -> Tensor:
     raise AssertionError(op)
 
 
+def _subset_sum(x: Tensor, bounds: tuple[int, int]) -> Tensor:
+    """x[..., lo:hi] summed over its last dim (..., 1); a one-input subset is a view (a sum
+    over a strided size-1 dim costs as much as the whole batch draw)."""
+    lo, hi = bounds
+    if hi - lo == 1:
+        return x[..., lo:hi]
+    return x[..., lo:hi].sum(-1, keepdim=True)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StaticArithmetic(Task):
     """``t = a ∘ b`` with ``a``, ``b`` sums of two subsets of ``x ~ U(range)^input_size``.
@@ -386,6 +427,7 @@ class StaticArithmetic(Task):
     """
 
     name: ClassVar[str] = "static"
+    counter_sampling: ClassVar[bool] = True
     input_size: int = 100
     subset_ratio: float | None = None
     overlap_ratio: float | None = None
@@ -476,8 +518,8 @@ class StaticArithmetic(Task):
         return uniform_to_ranges(x, ranges)
 
     def _target(self, x: Tensor) -> Tensor:
-        a = x[..., self.a_slice[0] : self.a_slice[1]].sum(-1, keepdim=True)  # (..., 1)
-        b = x[..., self.b_slice[0] : self.b_slice[1]].sum(-1, keepdim=True)  # (..., 1)
+        a = _subset_sum(x, self.a_slice)  # (..., 1)
+        b = _subset_sum(x, self.b_slice)  # (..., 1)
         return STATIC_OPS[self.op](a, b)
 
     def sample(
@@ -490,6 +532,26 @@ class StaticArithmetic(Task):
         for p, generator in enumerate(generators):
             x[p].uniform_(0.0, 1.0, generator=generator)
         x = uniform_to_ranges(x, self.interpolation)  # (P, B, in)
+        return x, self._target(x)  # (P, B, in), (P, B, 1)
+
+    def sample_at(
+        self,
+        seeds: Tensor,
+        step: int,
+        batch_size: int,
+        *,
+        dtype: torch.dtype,
+        out: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        P, n = seeds.shape[0], batch_size * self.input_size
+        if len(self.interpolation) == 1:
+            # the affine map onto the range is fused into the hash's last pass
+            lo_hi = self.interpolation[0]
+            x = counter_uniform(seeds, step, n, dtype=dtype, interval=lo_hi, out=out)
+        else:
+            x = counter_uniform(seeds, step, n, dtype=dtype, out=out)
+            x = uniform_to_ranges(x, self.interpolation)
+        x = x.view(P, batch_size, self.input_size)  # (P, B, in)
         return x, self._target(x)  # (P, B, in), (P, B, 1)
 
     def evaluation_sets(

@@ -1,10 +1,11 @@
 """The population trainer: P seeds of one configuration trained as one batched program.
 
 Replica ``p`` is seeded with ``seed + p``: its initial weights come from its own init
-generator and its batches from its own data generator, so a replica trains the same way
-whatever the population size. Replicas share nothing but the program: the loss is a sum of
-per-replica losses, clipping is per replica and Adam/RMSprop/SGD are element-wise, so a
-diverged replica can be frozen without touching the others.
+generator and its batches from its own data stream (a counter-based hash of its seed and the
+step for tasks with ``counter_sampling``, else its own data generator), so a replica trains
+the same way whatever the population size. Replicas share nothing but the program: the
+loss is a sum of per-replica losses, clipping is per replica and Adam/RMSprop/SGD are
+element-wise, so a diverged replica can be frozen without touching the others.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from nalu_core._config import RunConfig, TrainConfig
 from nalu_core._device import resolve_device, resolve_dtype
 from nalu_core._metrics import median, population_mse, quantiles, succeeded, wilson_interval
+from nalu_core._optim import PopulationOptimizer
 from nalu_core._tasks import PopulationModule, ProbeBin, Task, build_task
 
 Tensor = torch.Tensor
@@ -218,6 +220,11 @@ class PopulationTrainer:
         self.seeds = seeds
         self.init_generators = [self._generator(s) for s in seeds]
         self.data_generators = [self._generator(s + _DATA_SEED_OFFSET) for s in seeds]
+        # counter-based streams (tasks with ``counter_sampling``): the state is the step
+        self.data_seeds = torch.tensor(
+            [s + _DATA_SEED_OFFSET for s in seeds], dtype=torch.int64, device=self.device
+        )
+        self._batch_buffer: Tensor | None = None
         self.network: PopulationModule = self.task.build_model(
             config.model, population=P, device=self.device, dtype=self.dtype
         )
@@ -254,13 +261,9 @@ class PopulationTrainer:
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        name, lr = self.train_config.optimizer, self.train_config.lr
-        if name == "adam":
-            return torch.optim.Adam(self.params, lr=lr)
-        if name == "rmsprop":
-            return torch.optim.RMSprop(self.params, lr=lr)
-        return torch.optim.SGD(self.params, lr=lr)
+    def _build_optimizer(self) -> PopulationOptimizer:
+        cfg = self.train_config
+        return PopulationOptimizer(self.params, name=cfg.optimizer, lr=cfg.lr)
 
     # --- masks --------------------------------------------------------------------------
 
@@ -305,9 +308,8 @@ class PopulationTrainer:
         return weights[-1] * self.network.regularization()  # (P,)
 
     def _train_step(self) -> None:
-        cfg = self.train_config
         frozen = self._frozen()
-        x, t = self.task.sample(self.data_generators, cfg.batch_size, dtype=self.dtype)
+        x, t = self._sample()
         y = self.network(x)  # (P, B, out)
         loss = self.task.loss(y, t)  # (P,)
         reg = self._regularization()
@@ -318,7 +320,7 @@ class PopulationTrainer:
         skip = frozen | bad
         any_skip = bool(skip.any())
         objective = torch.where(skip, 0.0, loss).sum() if any_skip else loss.sum()
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad()
         objective.backward()  # type: ignore[no-untyped-call]
         bad = bad | self._nonfinite_grads()
         skip = frozen | bad
@@ -341,6 +343,18 @@ class PopulationTrainer:
         if bool(new.any()):
             self.diverged_at[new] = self.step
             self._reset_optimizer_state(new)
+
+    def _sample(self) -> tuple[Tensor, Tensor]:
+        """This step's batch: ``x (P, B, ...)``, ``t (P, B, out)``."""
+        batch = self.train_config.batch_size
+        if not self.task.counter_sampling:
+            return self.task.sample(self.data_generators, batch, dtype=self.dtype)
+        x, t = self.task.sample_at(
+            self.data_seeds, self.step, batch, dtype=self.dtype, out=self._batch_buffer
+        )
+        # the last step's batch is dead once its backward ran: reuse its memory
+        self._batch_buffer = x
+        return x, t
 
     def _nonfinite_grads(self) -> Tensor:
         bad = torch.zeros(self.population, dtype=torch.bool, device=self.device)

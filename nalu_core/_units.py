@@ -109,8 +109,51 @@ def _xavier_bound(fan_in: int, fan_out: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+# Up to this many inputs, _matmul multiplies and adds whole (P, out, B) planes: bmm costs
+# microseconds per (B, in) @ (in, out) product, so thousands of tiny ones are slower.
+_BROADCAST_MAX_IN = 2
+
+
+class _NarrowMatmul(torch.autograd.Function):
+    """x (P, B, in) @ weight (P, out, in)^T for a handful of inputs, computed on the
+    transposed planes x^T (P, in, B) so every op runs along the contiguous batch dim; the
+    output is the transpose of a contiguous (P, out, B), which the next layer reads as x^T."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:
+        xt = x.transpose(1, 2)  # (P, in, B)
+        ctx.save_for_backward(xt, weight)
+        yt = xt[:, 0:1] * weight[:, :, 0:1]  # (P, out, B)
+        for i in range(1, xt.shape[1]):
+            yt.addcmul_(xt[:, i : i + 1], weight[:, :, i : i + 1])
+        return yt.transpose(1, 2)  # (P, B, out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        xt, weight = ctx.saved_tensors
+        gt = grad.transpose(1, 2)  # (P, out, B)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            wt = weight.transpose(1, 2)  # (P, in, out)
+            dxt = wt[:, :, 0:1] * gt[:, 0:1]  # (P, in, B)
+            for o in range(1, gt.shape[1]):
+                dxt.addcmul_(wt[:, :, o : o + 1], gt[:, o : o + 1])
+            dx = dxt.transpose(1, 2)  # (P, B, in)
+        if ctx.needs_input_grad[1]:
+            # dW[:, o, i] = sum_b g[:, o, b] x[:, i, b]
+            dw = torch.stack([(gt * xt[:, i : i + 1]).sum(-1) for i in range(xt.shape[1])], -1)
+        return dx, dw
+
+
 def _matmul(x: Tensor, weight: Tensor) -> Tensor:
     # (P, B, in) @ (P, in, out) -> (P, B, out)
+    if x.dim() == 3 and x.shape[-1] <= _BROADCAST_MAX_IN:
+        y: Tensor = _NarrowMatmul.apply(x, weight)  # type: ignore[no-untyped-call]
+        return y
+    if weight.shape[1] < x.shape[-1]:
+        # few outputs: W @ x^T -> (P, out, B) runs about 1.5x faster forward and backward
+        # (measured at 100 -> 2), and the transposed result suits a narrow next layer
+        return torch.bmm(weight, x.transpose(1, 2)).transpose(1, 2)
     return torch.bmm(x, weight.transpose(1, 2))
 
 

@@ -106,6 +106,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         self.last: dict[str, Any] = {}
         self.finished = False
         self.tracker = _open_tracker(config, self.run_config, self.trial_id)
+        self._relog_history()
 
     def step(self) -> dict[str, Any]:
         try:
@@ -190,6 +191,20 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             self.trainer.load_state_dict(state)
             self.restored_step = self.trainer.step
             self.reports = self.trainer.run()
+            self._relog_history()
+
+    def _relog_history(self) -> None:
+        """Logs the evaluations of a restored trainer again.
+
+        Those the lost worker had not delivered yet exist nowhere else; the tracker skips
+        the steps its (continued) run already holds, and a re-run trial's new run gets them
+        all.
+        """
+        if self.tracker is None:
+            return
+        for row in self.trainer.history:
+            metrics = {k: v for k, v in row.items() if k != "step"}
+            self.tracker.log_eval(int(row["step"]), metrics)
 
     def cleanup(self) -> None:
         # stopped before the end: the scheduler pruned it, or the time limit cut it
@@ -442,8 +457,14 @@ def _ray(address: str | None) -> Iterator[None]:
 def _study_tracker(settings: Settings, spec: StudySpec, study_dir: Path) -> Any:
     from study import _tracking
 
+    # A store the driver opens itself (SQLite, a database, file:) keeps artifacts in the study
+    # folder; a server (http://) keeps them where it is configured to, so they travel through
+    # it, not to this node's disk.
+    local = not settings.tracking_uri.startswith(("http://", "https://"))
     return _tracking.StudyTracker(
-        settings.tracking_uri, study_name=spec.name, artifact_root=study_dir / "artifacts"
+        settings.tracking_uri,
+        study_name=spec.name,
+        artifact_root=study_dir / "artifacts" if local else None,
     )
 
 

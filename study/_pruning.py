@@ -196,6 +196,24 @@ class OptunaPruningScheduler(FIFOScheduler):  # type: ignore[misc]
             return TrialScheduler.STOP  # type: ignore[no-any-return]
         return TrialScheduler.CONTINUE  # type: ignore[no-any-return]
 
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        # Tune hands a result marked done (the last evaluation) to on_trial_complete only,
+        # never to on_trial_result: report its step here, before the searcher tells Optuna.
+        search = self.searcher.search_for(trial.trial_id)
+        value = (result or {}).get(METRIC)
+        if search is None or value is None or "step" not in result:
+            return
+        done = search._completed_trials  # already told to Optuna: no more reports
+        if trial.trial_id in search.pruned or trial.trial_id in done:
+            return
+        if trial.trial_id not in search._ot_trials:
+            return
+        step = int(result["step"])
+        seen = self._reported.setdefault(trial.trial_id, set())
+        if step not in seen:
+            seen.add(step)
+            search.optuna_trial(trial.trial_id).report(_finite(float(value)), step)
+
 
 def _finite(value: float) -> float:
     # a diverged replica can make the tie-break NaN; Optuna's pruners reject NaN intermediates

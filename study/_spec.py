@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -147,7 +147,26 @@ class SamplerSpec:
         if self.name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         grid = {k: list(v) for k, v in options.pop("search_space").items()}
-        return optuna.samplers.GridSampler(grid, seed=seed, **options)
+        return BudgetGridSampler(grid, seed=seed, **options)
+
+
+class BudgetGridSampler(optuna.samplers.GridSampler):
+    """``GridSampler`` that leaves stopping to the study's budget.
+
+    Optuna's ``after_trial`` calls ``study.stop()`` once the grid is exhausted, which raises
+    ``RuntimeError`` outside ``Study.optimize``: Ray Tune tells trials through ``Study.tell``,
+    so the last grid point would crash the launch. Our per-task quota ends the study instead;
+    past the grid's end the sampler revisits points, as ``GridSampler`` itself does.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        return
 
 
 @dataclass(frozen=True, kw_only=True)

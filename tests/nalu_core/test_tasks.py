@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nalu_core import RANGE_PRESETS, ConfigError, StaticArithmetic, TaskConfig, build_task
-from nalu_core._tasks import DIVISION_PROBE_BINS, _static_threshold, parse_ranges
+from nalu_core._tasks import (
+    DIVISION_PROBE_BINS,
+    _static_threshold,
+    counter_uniform,
+    parse_ranges,
+)
 
 OPS = ["add", "sub", "mul", "div", "square", "sqrt"]
 
@@ -193,3 +198,91 @@ def test_parse_ranges_accepts_the_documented_forms() -> None:
     with pytest.raises(ConfigError):
         parse_ranges("0,3;2,6", field="f")  # overlapping
     assert math.isfinite(parse_ranges("1e-3,2", field="f")[0][0])
+
+
+# --- counter-based streams -----------------------------------------------------------------
+
+
+def _lowbias32(z: int) -> int:
+    z ^= z >> 16
+    z = (z * 0x7FEB352D) & 0xFFFFFFFF
+    z ^= z >> 15
+    z = (z * 0x846CA68B) & 0xFFFFFFFF
+    return z ^ (z >> 16)
+
+
+def _splitmix64(z: int) -> int:
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & (2**64 - 1)
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & (2**64 - 1)
+    return z ^ (z >> 31)
+
+
+def test_counter_uniform_matches_its_unsigned_reference() -> None:
+    # the torch version wraps int32/int64 multiplies and masks arithmetic shifts: pin it
+    # against plain unsigned arithmetic
+    seeds = torch.tensor([0, 7, 2**40 + 3], dtype=torch.int64)
+    step = 123_456
+    u = counter_uniform(seeds, step, 50, dtype=torch.float64)
+    for p, seed in enumerate(seeds.tolist()):
+        key = _splitmix64((seed * 0x9E3779B97F4A7C15 + (step + 1) * 0xD1B54A32D192ED03) % 2**64)
+        low, high = key & 0xFFFFFFFF, key >> 32
+        for j in range(50):
+            z = _lowbias32(((_lowbias32(j) ^ low) + high) & 0xFFFFFFFF)
+            assert u[p, j].item() == (z & 0xFFFFFF) * 2.0**-24
+
+
+def test_counter_uniform_is_uniform_and_uncorrelated() -> None:
+    n = 1_000_000
+    seeds = torch.arange(1_000, dtype=torch.int64) + 5
+    u = counter_uniform(seeds, 17, n // 1_000, dtype=torch.float64)  # (1000, 1000)
+    flat = u.flatten()
+    se = 1 / math.sqrt(n)
+    assert abs(float(flat.mean()) - 0.5) < 5 * math.sqrt(1 / 12) * se
+    assert abs(float(flat.var()) - 1 / 12) < 5 * math.sqrt(1 / 180) * se
+    # Kolmogorov-Smirnov against U[0, 1): 1.95 / sqrt(n) is the 0.1% critical value
+    ordered = flat.sort().values
+    grid = torch.arange(1, n + 1, dtype=torch.float64) / n
+    ks = float(torch.maximum(grid - ordered, ordered - (grid - 1 / n)).max())
+    assert ks < 1.95 * se
+    assert 0 <= float(flat.min()) and float(flat.max()) < 1
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    limit = 5 / math.sqrt(u[:, 1:].numel())
+    assert abs(corr(u[:, 1:], u[:, :-1])) < limit  # neighbouring elements
+    assert abs(corr(u[1:], u[:-1])) < limit  # neighbouring replicas (seeds)
+    later = counter_uniform(seeds, 18, n // 1_000, dtype=torch.float64)
+    assert abs(corr(u, later)) < 5 * se  # consecutive steps
+
+
+def test_counter_rows_depend_only_on_their_seed_and_step() -> None:
+    seeds = torch.tensor([11, 12, 13, 14], dtype=torch.int64)
+    together = counter_uniform(seeds, 3, 300_001, dtype=torch.float32)  # spans chunks
+    alone = counter_uniform(seeds[2:3], 3, 300_001, dtype=torch.float32)
+    assert torch.equal(together[2], alone[0])
+    assert not torch.equal(
+        together[2], counter_uniform(seeds[2:3], 4, 300_001, dtype=torch.float32)[0]
+    )
+
+
+@pytest.mark.parametrize("preset", ["madsen_1_2", "madsen_neg2_2"])
+def test_counter_batches_are_in_range_hold_the_op_and_ignore_the_population(
+    preset: str,
+) -> None:
+    task = build_task(TaskConfig(op="mul", options={"input_size": 10, "range_preset": preset}))
+    assert task.counter_sampling
+    seeds = torch.tensor([3, 5, 9], dtype=torch.int64)
+    x, t = task.sample_at(seeds, 8, 64, dtype=torch.float64)
+    assert x.shape == (3, 64, 10) and t.shape == (3, 64, 1)
+    assert bool(_inside(x, task.interpolation).all())
+    a = x[..., task.a_slice[0] : task.a_slice[1]].sum(-1, keepdim=True)
+    b = x[..., task.b_slice[0] : task.b_slice[1]].sum(-1, keepdim=True)
+    torch.testing.assert_close(t, a * b)
+    alone, _ = task.sample_at(seeds[1:2], 8, 64, dtype=torch.float64)
+    assert torch.equal(alone[0], x[1])
+    buffer = torch.full_like(x, math.nan)
+    again, t_again = task.sample_at(seeds, 8, 64, dtype=torch.float64, out=buffer)
+    assert again.data_ptr() == buffer.data_ptr()
+    assert torch.equal(again, x) and torch.equal(t_again, t)

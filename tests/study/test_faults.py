@@ -327,10 +327,10 @@ def test_driver_loss_then_resume(
     complete = {t.number: t for t in by_state[TrialState.COMPLETE]}
     assert sorted(int(r.data.tags["nalu.optuna_trial"]) for r in finished) == sorted(complete)
     for run in finished:
-        # A re-run trial is a new Ray trial, so a new run: it holds the evaluations after
-        # the checkpoint it resumed from; the earlier ones are in the killed trial's run.
-        restored = complete[int(run.data.tags["nalu.optuna_trial"])].user_attrs["restored_step"]
-        assert_complete_history(client, run, steps, after=restored)
+        # A re-run trial is a new Ray trial, so a new run; it logs the evaluations restored
+        # from the checkpoint again, so that it holds the whole history on its own.
+        assert_complete_history(client, run, steps)
+    assert any(t.user_attrs["restored_step"] > 0 for t in requeued), "no re-run restored"
     experiment = client.get_experiment_by_name("driver-loss")
     assert experiment is not None
     launches = client.search_runs(

@@ -230,6 +230,29 @@ def test_a_retried_trial_continues_its_run(study: StudyTracker) -> None:
     assert steps == sorted(set(steps)) and len(steps) == evals  # no duplicate evaluations
 
 
+def test_a_replayed_history_is_logged_once(study: StudyTracker) -> None:
+    """A restored trainer logs its history again (setup, then maybe Tune's load_checkpoint):
+    every step still ends up in the run exactly once, with the first value queued."""
+    tracker = TrialTracker(
+        study.tracking_uri,
+        experiment_id=study.experiment_id or "",
+        parent_run_id=study.parent_run_id,
+        trial_name="replayed",
+        params={"lr": 0.1},
+        tags={"nalu.ray_trial_id": "r-replayed"},
+    )
+    for replay in range(3):  # first pass, then two replays of the same steps
+        for step in (100, 200):
+            tracker.log_eval(step, {"success_rate": 0.25 * step / 100 + replay})
+    tracker.log_eval(300, {"success_rate": 0.75})
+    assert tracker.finish("COMPLETE")
+    history = MlflowClient(study.tracking_uri).get_metric_history(
+        tracker.run_id,  # type: ignore[arg-type]
+        "success_rate",
+    )
+    assert sorted((m.step, m.value) for m in history) == [(100, 0.25), (200, 0.5), (300, 0.75)]
+
+
 def test_reconcile_ends_runs_a_crash_left_running(study: StudyTracker) -> None:
     client = MlflowClient(study.tracking_uri)
     exp = study.experiment_id

@@ -92,3 +92,45 @@ def test_metrics_survive_a_server_outage(
         assert sorted({m.step for m in history}) == steps, name
     assert run.data.metrics["success_rate"] == result.success_rate
     assert "best_replica.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_launch_on_a_server_keeps_artifacts_on_the_server(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """With an http:// tracking URI the driver must not point the experiment at its own disk:
+    artifacts go through the server (mlflow-artifacts:), into its --artifacts-destination."""
+    from study._launch import _study_tracker
+    from study._settings import resolve_settings
+    from study._spec import parse_spec
+
+    (tmp_path / "space.yaml").write_text("name: s\nparameters:\n  unit: nau\n")
+    spec = parse_spec(
+        {
+            "name": "served-artifacts",
+            "tasks": [{"name": "static", "ops": ["add"]}],
+            "space": "space.yaml",
+        },
+        base_dir=tmp_path,
+    )
+    settings = resolve_settings(
+        spec.name,
+        cli={"tracking_uri": mlflow_server.uri, "workdir": str(tmp_path / "work")},
+        env={},
+    )
+    study_dir = settings.study_dir(spec.name)
+    tracker = _study_tracker(settings, spec, study_dir)
+    experiment_id = tracker.prepare()
+    client = MlflowClient(mlflow_server.uri)
+    location = client.get_experiment(experiment_id).artifact_location
+    assert location.startswith("mlflow-artifacts:"), location
+
+    run = client.create_run(experiment_id)
+    (tmp_path / "note.txt").write_text("through the server")
+    client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+    client.set_terminated(run.info.run_id)
+    assert not (study_dir / "artifacts").exists()
+    assert list(mlflow_server.artifacts_dir.rglob("note.txt"))
+
+    # the embedded default keeps them in the study folder
+    local = resolve_settings(spec.name, cli={"workdir": str(tmp_path / "work")}, env={})
+    assert _study_tracker(local, spec, study_dir).artifact_root == study_dir / "artifacts"
