@@ -186,6 +186,7 @@ def _pages(uri: str) -> list[tuple[str, str]]:
     from mlflow.tracking import MlflowClient
 
     exp = MlflowClient(uri).get_experiment_by_name(STUDY)
+    assert exp is not None, f"no study {STUDY!r} in {uri}"
     some_run = (
         MlflowClient(uri)
         .search_runs([exp.experiment_id], "tags.`nalu.role` = 'trial'", max_results=1)[0]

@@ -37,7 +37,7 @@ Evaluator = Annotated[
     str, Query(description="Optuna importance evaluator: ped_anova (default), fanova or mdi")
 ]
 # Pages answer within this; slower importance evaluations finish in the background.
-PAGE_WAIT_S = 0.7
+PAGE_WAIT_S = 0.5
 
 
 @cache

@@ -137,6 +137,26 @@ def frozen_from_optuna(
     return done, target if sign > 0 else f"-{target}"
 
 
+def watch_parent(parent: int) -> None:
+    """Worker initializer: exit when the dashboard dies (SIGTERM/SIGKILL skip its clean-up,
+    and a pool worker holds its own task pipe open, so it would otherwise live on)."""
+    import os
+    import threading
+    import time
+
+    def loop() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=loop, daemon=True, name="watch-parent").start()
+
+
+def preload() -> None:
+    """Imports optuna's importance code (~2 s) in the worker before the first request."""
+    import optuna.importance  # noqa: F401
+
+
 def importance(
     study: str,
     trials: list[Trial],

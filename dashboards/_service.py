@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import math
+import multiprocessing
+import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +20,13 @@ from dashboards._data import (
     read_parquet_records,
 )
 from dashboards._errors import DashboardError
-from dashboards._importance import DEFAULT_EVALUATOR, check_evaluator, importance
+from dashboards._importance import (
+    DEFAULT_EVALUATOR,
+    check_evaluator,
+    importance,
+    preload,
+    watch_parent,
+)
 from dashboards._models import (
     CurvePoint,
     DivisionCurve,
@@ -94,9 +101,15 @@ class Dashboard:
         snapshots = Snapshots(snapshot_dir, tracking_uri) if snapshot_dir is not None else None
         self.source = MlflowSource(tracking_uri, ttl=ttl, ui_url=ui_url, snapshots=snapshots)
         self.storage = storage
-        # Importance can take seconds (fANOVA fits a forest): one worker, results kept per
-        # read of the trials.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="importance")
+        # Importance can take seconds to minutes (fANOVA fits a forest) of pure-Python work:
+        # on a thread it would hold the GIL and slow every page 2-5x meanwhile, so it runs in
+        # one worker process (spawned: the server has threads). Results kept per read.
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=watch_parent,
+            initargs=(os.getpid(),),
+        )
         self._importance: dict[tuple[object, ...], Future[ImportanceResponse]] = {}
         self._lock = threading.Lock()
         # Views are pure functions of one read of the trials: keep each until the read changes.
@@ -132,8 +145,9 @@ class Dashboard:
     def warm_up(self) -> threading.Thread:
         """Reads every study in the background, so that the first page view is a warm one.
 
-        Then imports optuna (~2 s of CPU holding the GIL) on the importance worker: after the
-        reads, so that it does not slow them down, and before the first importance view.
+        Then starts the importance worker process and imports optuna there (~3 s of CPU):
+        after the reads, so that it does not slow them down, and before the first importance
+        view.
         """
 
         def work() -> None:
@@ -142,7 +156,7 @@ class Dashboard:
                     self.leaderboard(summary.name)
             except Exception:
                 pass  # the pages report a broken store themselves
-            self._pool.submit(importlib.import_module, "optuna.importance")
+            self._pool.submit(preload)
 
         thread = threading.Thread(target=work, daemon=True, name="dashboard-warm-up")
         thread.start()
@@ -212,10 +226,14 @@ class Dashboard:
         with self._lock:
             future = self._importance.get(key)
             if future is None:
+                # only the slice travels to the worker (pickled); none when Optuna is read
+                chosen = (
+                    [] if self.storage else [t for t in trials if (t.task, t.op) == (task, op)]
+                )
                 future = self._pool.submit(
                     importance,
                     study,
-                    trials,
+                    chosen,
                     task=task,
                     op=op,
                     evaluator=evaluator,

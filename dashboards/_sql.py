@@ -109,18 +109,18 @@ class SqlReader:
         with self.engine.connect() as conn:
             return list(conn.execute(text(query), params).fetchall())
 
-    def _bulk(self, queries: list[str], params: dict[str, Any]) -> list[list[tuple[Any, ...]]]:
+    def _bulk(self, queries: list[str], params: dict[str, Any]) -> list[list[Any]]:
         """Several queries on one DB-API cursor: ~2x faster than SQLAlchemy rows for 100k."""
         named = self.engine.dialect.paramstyle == "pyformat"
         raw = self.engine.raw_connection()
         try:
             cursor = raw.cursor()
-            out = []
+            out: list[list[Any]] = []
             for query in queries:
                 if named:  # psycopg2: %(name)s
                     query = re.sub(r":(\w+)", r"%(\1)s", query)
                 cursor.execute(query, params)
-                out.append(cursor.fetchall())
+                out.append(list(cursor.fetchall()))
             cursor.close()
             raw.rollback()  # read-only: end the transaction
             return out

@@ -95,7 +95,7 @@ def write_trial(
         client.log_artifact(run_id, str(path))
     status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[spec.state]
     client.set_terminated(run_id, status=status)
-    return run_id
+    return str(run_id)
 
 
 def write_study(uri: str, study: str, specs: list[TrialSpec], *, artifact_root: Path) -> list[str]:

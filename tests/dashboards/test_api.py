@@ -161,6 +161,7 @@ def test_reads_are_cached_for_the_ttl(store: StudyStore, tmp_path: Path) -> None
     before = len(dash.trials(store.study))
     client = MlflowClient(store.uri)
     exp = client.get_experiment_by_name(store.study)
+    assert exp is not None
     extra = client.create_run(
         exp.experiment_id, tags={"nalu.role": "trial", "nalu.state": "RUNNING"}
     )

@@ -56,7 +56,7 @@ def test_dashboard_needs_a_store() -> None:
 
 
 @pytest.mark.integration
-def test_dashboard_serves_on_loopback_by_default(store: StudyStore) -> None:
+def test_dashboard_serves_on_loopback_by_default(store: StudyStore, tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -70,6 +70,8 @@ def test_dashboard_serves_on_loopback_by_default(store: StudyStore) -> None:
         store.uri,
         "--port",
         str(port),
+        "--snapshot-dir",
+        str(tmp_path / "snapshots"),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -86,6 +88,10 @@ def test_dashboard_serves_on_loopback_by_default(store: StudyStore) -> None:
                 time.sleep(0.3)
         assert body is not None
         assert store.study in {s["name"] for s in body["studies"]}
+        # warm-up's read left a snapshot of each study for the next start
+        while time.monotonic() < deadline and not list(tmp_path.glob("snapshots/*.json")):
+            time.sleep(0.1)
+        assert list(tmp_path.glob("snapshots/*.json"))
         listening = subprocess.run(
             ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=False
         ).stdout

@@ -40,6 +40,12 @@ def norm(value: Any) -> Any:
     return value
 
 
+def experiment_id(uri: str, name: str) -> str:
+    exp = MlflowClient(uri).get_experiment_by_name(name)
+    assert exp is not None
+    return str(exp.experiment_id)
+
+
 def client_runs(client: MlflowClient, exp_id: str) -> list[Any]:
     runs: list[Any] = []
     token = None
@@ -80,7 +86,7 @@ def _edge_study(uri: str, root: Path) -> dict[str, str]:
     ids = write_study(uri, "edges", [spec, spec], artifact_root=root / "a")
     write_study(uri, "other", [spec], artifact_root=root / "b")
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("edges").experiment_id
+    exp = experiment_id(uri, "edges")
     trial = {"nalu.role": "trial"}
     tie_a = client.create_run(exp, start_time=1_000, tags=trial).info.run_id
     tie_b = client.create_run(exp, start_time=1_000, tags=trial).info.run_id
@@ -128,7 +134,7 @@ def test_reader_matches_client_on_edge_cases(edges: Edges) -> None:
     uri, ids = sqlite_uri(edges.db), edges.ids
     assert_same_as_client(uri)
     reader = SqlReader(uri)
-    exp = MlflowClient(uri).get_experiment_by_name("edges").experiment_id
+    exp = experiment_id(uri, "edges")
     got = [r.run_id for r in reader.runs(exp, **ROLE)]
     assert ids["deleted"] not in got and len(got) == 5
     assert got[-2:] == sorted([ids["tie_a"], ids["tie_b"]])  # oldest last; ties by run id
@@ -201,7 +207,7 @@ def test_snapshot_is_served_then_refreshed(tmp_path: Path, edges: Edges) -> None
 def test_broken_snapshot_is_ignored(tmp_path: Path, edges: Edges) -> None:
     uri = sqlite_uri(edges.db)
     snaps = Snapshots(tmp_path / "s", uri)
-    exp = MlflowClient(uri).get_experiment_by_name("edges").experiment_id
+    exp = experiment_id(uri, "edges")
     snaps.path(exp).parent.mkdir(parents=True)
     snaps.path(exp).write_text('{"version": 1, "uri": "')
     assert snaps.load(exp) is None
@@ -233,9 +239,5 @@ def test_reader_matches_client_on_postgresql(tmp_path: Path) -> None:
         with reader.engine.connect() as conn, pytest.raises(Exception, match="read-only"):
             conn.exec_driver_sql("DELETE FROM runs")
         reader.engine.dispose()
-    finally:
-        from sqlalchemy import create_engine
-
-        # MLflow's pooled connections would block DROP DATABASE
-        create_engine(uri).dispose()
+    finally:  # FORCE: MLflow's pooled connections would block the drop
         _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
