@@ -83,7 +83,9 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
     ``config`` holds ``run_config`` (a :class:`RunConfig` dict), ``checkpoint_dir``,
     ``checkpoint_every``, ``objective`` and ``tracking`` (or ``None``). The optional
     ``fail_at_step`` raises once at that trainer step (in the Optuna trials numbered in
-    ``fail_trials``, default all): fault injection for the retry tests.
+    ``fail_trials``, default all): fault injection for the retry tests. The optional
+    ``barrier`` (``{"dir", "parties", "timeout"}``) holds each trial at its first evaluation,
+    its MLflow run open, until ``parties`` trials got there: the concurrency test's overlap.
     """
 
     def setup(self, config: dict[str, Any]) -> None:
@@ -94,6 +96,8 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         self.checkpoint_path = Path(config["checkpoint_dir"]) / CHECKPOINT_FILE
         self.checkpoint_every = int(config["checkpoint_every"])
         self.fail_at_step = config.get("fail_at_step")
+        self.optuna_number = int(config["optuna_number"])
+        self.barrier = config.get("barrier")
         if config["optuna_number"] not in config.get("fail_trials", [config["optuna_number"]]):
             self.fail_at_step = None
         self.trainer = PopulationTrainer(self.run_config)
@@ -129,6 +133,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             self.tracker.log_eval(report.step, metrics)
         if self.evaluations % self.checkpoint_every == 0:
             _save_state(self.checkpoint_path, self.trainer.state_dict())
+        self._await_barrier()
         self._maybe_fail(report.step)
         self.last = self._result(metrics, step=report.step, train_seconds=report.train_seconds)
         if report.step >= self.run_config.train.steps:
@@ -176,6 +181,21 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         if not marker.exists():
             marker.touch()
             raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+
+    def _await_barrier(self) -> None:
+        if not self.barrier:
+            return
+        barrier, self.barrier = self.barrier, None
+        deadline = time.monotonic() + float(barrier.get("timeout", 120.0))
+        if self.tracker is not None:
+            self.tracker.wait_opened(timeout=max(0.0, deadline - time.monotonic()))
+        folder = Path(barrier["dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(self.optuna_number)).touch()
+        while len(list(folder.iterdir())) < int(barrier["parties"]):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Tune's own checkpoints (pause, retries on another node): the same state file."""

@@ -197,8 +197,9 @@ class OptunaPruningScheduler(FIFOScheduler):  # type: ignore[misc]
         return TrialScheduler.CONTINUE  # type: ignore[no-any-return]
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
-        # Tune hands a result marked done (the last evaluation) to on_trial_complete only,
-        # never to on_trial_result: report its step here, before the searcher tells Optuna.
+        # A result marked done can reach on_trial_complete without on_trial_result (Tune's
+        # stop check comes first): a retry restored at the last step finishes with that one
+        # result. Report its step here (once), before the searcher tells Optuna.
         search = self.searcher.search_for(trial.trial_id)
         value = (result or {}).get(METRIC)
         if search is None or value is None or "step" not in result:

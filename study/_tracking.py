@@ -807,6 +807,10 @@ class TrialTracker:
     def run_id(self) -> str | None:
         return self._delivery.run_id
 
+    def wait_opened(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` s for the run to be opened; whether it is."""
+        return self._delivery.opened.wait(timeout)
+
     @property
     def delivery_seconds(self) -> float:
         return self._delivery.seconds
