@@ -418,6 +418,22 @@ def _subset_sum(x: Tensor, bounds: tuple[int, int]) -> Tensor:
     return x[..., lo:hi].sum(-1, keepdim=True)
 
 
+def place_subsets(
+    input_size: int, size: int, shared: int, *, seed: int, field: str
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Two contiguous subsets of ``size`` inputs overlapping by ``shared``, at a seeded offset.
+
+    The offset is part of the task: every replica and every split share it.
+    """
+    span = 2 * size - shared
+    if span > input_size:
+        message = f"subsets need {span} inputs but input_size is {input_size}"
+        raise ConfigError(message, field=field)
+    gen = torch.Generator().manual_seed(seed)
+    offset = int(torch.randint(0, input_size - span + 1, (1,), generator=gen))
+    return (offset, offset + size), (offset + size - shared, offset + span)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StaticArithmetic(Task):
     """``t = a ∘ b`` with ``a``, ``b`` sums of two subsets of ``x ~ U(range)^input_size``.
@@ -466,17 +482,11 @@ class StaticArithmetic(Task):
         object.__setattr__(self, "overlap_ratio", float(overlap))
         size = max(1, round(subset * self.input_size))
         shared = math.floor(overlap * size)  # as in stable-nalu
-        span = 2 * size - shared
-        if span > self.input_size:
-            raise ConfigError(
-                f"subsets need {span} inputs but input_size is {self.input_size}",
-                field=f + "subset_ratio",
-            )
-        # the offset is part of the task: every replica and every split share it
-        gen = torch.Generator().manual_seed(self.subset_seed)
-        offset = int(torch.randint(0, self.input_size - span + 1, (1,), generator=gen))
-        object.__setattr__(self, "a_slice", (offset, offset + size))
-        object.__setattr__(self, "b_slice", (offset + size - shared, offset + span))
+        a_slice, b_slice = place_subsets(
+            self.input_size, size, shared, seed=self.subset_seed, field=f + "subset_ratio"
+        )
+        object.__setattr__(self, "a_slice", a_slice)
+        object.__setattr__(self, "b_slice", b_slice)
         self._set_ranges()
 
     def _set_ranges(self) -> None:

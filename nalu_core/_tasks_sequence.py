@@ -31,6 +31,7 @@ from nalu_core._tasks import (
     TaskSpec,
     _perturbed_op,
     parse_ranges,
+    place_subsets,
     register_task,
     uniform_to_ranges,
 )
@@ -155,16 +156,11 @@ class RecurrentArithmetic(SequenceTask):
         object.__setattr__(self, "extrapolation", extrapolation)
         size = max(1, round(self.subset_ratio * self.input_size))
         shared = round(self.overlap_ratio * size)
-        span = 2 * size - shared
-        if span > self.input_size:
-            raise ConfigError(
-                f"subsets need {span} inputs but input_size is {self.input_size}",
-                field=_F + "subset_ratio",
-            )
-        gen = torch.Generator().manual_seed(self.subset_seed)
-        offset = int(torch.randint(0, self.input_size - span + 1, (1,), generator=gen))
-        object.__setattr__(self, "a_slice", (offset, offset + size))
-        object.__setattr__(self, "b_slice", (offset + size - shared, offset + span))
+        a_slice, b_slice = place_subsets(
+            self.input_size, size, shared, seed=self.subset_seed, field=_F + "subset_ratio"
+        )
+        object.__setattr__(self, "a_slice", a_slice)
+        object.__setattr__(self, "b_slice", b_slice)
 
     @property
     def in_features(self) -> int:
