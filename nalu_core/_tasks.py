@@ -146,6 +146,10 @@ class Task(abc.ABC):
         return []
 
     def to_config(self) -> TaskConfig:
+        return TaskConfig(name=self.name, op=self.op, options=self.options())
+
+    def options(self) -> dict[str, Any]:
+        """The task's options, as ``TaskConfig.options`` takes them back."""
         raise NotImplementedError
 
 
@@ -609,9 +613,6 @@ class StaticArithmetic(Task):
             x[:, free] += ((d - b) / len(free)).unsqueeze(-1)
             bins.append(ProbeBin(lo=lo, hi=hi, x=x.to(dtype), t=self._target(x).to(dtype)))
         return bins
-
-    def to_config(self) -> TaskConfig:
-        return TaskConfig(name=self.name, op=self.op, options=self.options())
 
     def options(self) -> dict[str, Any]:
         return {

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nalu_core._config import ModelConfig, TaskConfig
+from nalu_core._config import ModelConfig
 from nalu_core._errors import ConfigError
 from nalu_core._mnist_data import (
     MNIST_FILES,
@@ -330,9 +330,6 @@ class MnistSequenceTask(SequenceTask):
         if self.target_kind == "count":
             metrics["sequence_accuracy"] = hit.all(-1).double().mean(1)
         return metrics
-
-    def to_config(self) -> TaskConfig:
-        return TaskConfig(name=self.name, op=self.op, options=self.options())
 
     def options(self) -> dict[str, Any]:
         return {
