@@ -9,16 +9,20 @@ in a fresh work directory), then splits its wall time into:
   threshold, evaluation sets), MLflow logging and artifacts, checkpoints. Trainer set-up and
   checkpoint writes are timed separately here on the same configuration, MLflow is the rest;
 - scheduling overhead: the idle slot-time of the Tune run (``slots x wall - trial wall``):
-  Ray start-up, actor start, Optuna's ask/tell and pruning decisions, result processing;
-- outside Tune: the launch's wall time beyond the Tune run (study record, MLflow
-  experiment and parent run, storage checks);
+  actor start, Optuna's ask/tell and pruning decisions, result processing, idle slots;
+- Ray start: starting the local Ray instance (MLflow's set-up runs meanwhile, on a thread);
+- outside Tune: the rest of the launch's wall time (study record, Optuna storage and
+  studies, whatever of MLflow's set-up outlasts Ray's start, Ray shutdown);
 - imports: importing ray, optuna and mlflow (paid once per CLI call).
 
-The overhead fraction is 1 - training / (slots x launch wall): the share of the slot-time
-the study had that did not go into training.
+The slot-time is ``slots x launch wall``. Its overhead fraction is the share spent neither
+training nor idle for want of work: once the last trial has started, a slot that frees up has
+nothing left to run ("unused", reported apart). ``not_training_fraction`` is both together,
+``1 - training / slot-time``.
 
     python benchmarks/bench_study.py                     # the demo study, as shipped
     python benchmarks/bench_study.py --json out.json
+    python benchmarks/bench_study.py --ray-address 127.0.0.1:6390   # a running cluster
     python benchmarks/bench_study.py --smoke-test        # one tiny trial
 """
 
@@ -104,7 +108,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
     spec = load_spec(args.spec, overrides=overrides)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-study-"))
-    settings = resolve_settings(spec.name, cli={"workdir": str(workdir)}, env={})
+    cli = {"workdir": str(workdir)}
+    if args.ray_address:
+        cli["ray_address"] = args.ray_address
+    settings = resolve_settings(spec.name, cli=cli, env={})
     lines: list[str] = []
     try:
         start = time.perf_counter()
@@ -126,16 +133,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checkpoints = (evaluations // spec.training.checkpoint_every + 1) * trials
     checkpoint = costs["checkpoint_seconds"] * checkpoints
     tune_wall = stats.get("study_wall_seconds", 0.0)
+    ray_start = stats.get("ray_start_seconds", 0.0)
     split = {
         "training": train,
         "trainer_setup": setup,
         "checkpoints": checkpoint,
         # can come out slightly negative: set-up is timed here, not inside the trials
         "mlflow_and_rest_of_trial": in_trial - setup - checkpoint,
-        "scheduling": slots * tune_wall - stats.get("trial_wall_seconds", 0.0),
-        "outside_tune": slots * (launch_wall - tune_wall),
+        "scheduling": slots * tune_wall
+        - stats.get("trial_wall_seconds", 0.0)
+        - stats.get("idle_after_last_start_seconds", 0.0),
+        "ray_start": slots * ray_start,
+        "outside_tune": slots * (launch_wall - tune_wall - ray_start),
     }
     slot_time = slots * launch_wall
+    # slots idle after the last trial started: the budget had nothing left to run in them
+    unused = stats.get("idle_after_last_start_seconds", 0.0)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -146,6 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average": list(os.getloadavg()),
         },
         "spec": args.spec,
+        "ray_address": args.ray_address or "local (started by the launch)",
         "trials": trials,
         "slots": slots,
         "launch_wall_seconds": launch_wall,
@@ -153,7 +167,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "stats": stats,
         "components": costs,
         "slot_seconds": split,
-        "overhead_fraction": 1.0 - train / slot_time if slot_time > 0 else float("nan"),
+        "unused_slot_seconds": unused,
+        "overhead_fraction": (slot_time - train - unused) / slot_time,
+        "unused_fraction": unused / slot_time,
+        "not_training_fraction": 1.0 - train / slot_time,
         "tasks": [{"key": t.key, "counts": dict(t.counts)} for t in result.tasks]
         if all(hasattr(t, "key") and hasattr(t, "counts") for t in result.tasks)
         else [],
@@ -162,9 +179,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{int(trials)} trial(s), {int(slots)} slot(s), launch wall {launch_wall:.1f}s "
         f"(+{imports:.1f}s imports); load {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
     )
-    for name, seconds in split.items():
+    for name, seconds in [*split.items(), ("unused (after last start)", unused)]:
         print(f"  {name:26s} {seconds:8.1f} slot-s  {100 * seconds / slot_time:5.1f}%")
-    print(f"overhead: {100 * report['overhead_fraction']:.1f}% of the slot-time")
+    print(
+        f"overhead: {100 * report['overhead_fraction']:.1f}% of the slot-time "
+        f"(+{100 * report['unused_fraction']:.1f}% unused: "
+        f"{100 * report['not_training_fraction']:.1f}% not training)"
+    )
     return report
 
 
@@ -176,6 +197,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="override training.steps")
     parser.add_argument(
         "--num-samples", type=int, default=None, help="override budget.num_samples"
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="a running Ray cluster (HOST:PORT) instead of a fresh local instance",
     )
     parser.add_argument("--smoke-test", action="store_true", help="one tiny trial")
     return parser.parse_args(argv)

@@ -234,6 +234,7 @@ class PopulationTrainer:
         self.schedules = _schedules(config)
         self.step = 0
         self.train_seconds = 0.0
+        self._stop_requested = False
         self.history: list[dict[str, float]] = []
 
         eval_gen = self._generator(getattr(self.task, "eval_seed", 0))
@@ -284,9 +285,16 @@ class PopulationTrainer:
     # --- training -----------------------------------------------------------------------
 
     def run(self) -> Iterator[EvalReport]:
-        """Trains up to ``train.steps``, yielding a report at every evaluation."""
+        """Trains up to ``train.steps``, yielding a report at every evaluation.
+
+        It returns early, after the current step, once :meth:`request_stop` was called.
+        """
+        self._stop_requested = False  # here, not in the generator: a stop before its start holds
+        return self._run()
+
+    def _run(self) -> Iterator[EvalReport]:
         cfg = self.train_config
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not self._stop_requested:
             start = time.perf_counter()
             self._train_step()
             self.step += 1
@@ -296,6 +304,10 @@ class PopulationTrainer:
             self.train_seconds += time.perf_counter() - start
             if report is not None:
                 yield _with_seconds(report, self.train_seconds)
+
+    def request_stop(self) -> None:
+        """Ends a ``run()`` in progress (on another thread) after its current step."""
+        self._stop_requested = True
 
     def _regularization(self) -> Tensor | None:
         weights = [s.weight(self.step) for s in self.schedules]

@@ -88,7 +88,8 @@ def overhead_line(stats: dict[str, float]) -> str:
 
     In-trial overhead is a trial's wall time (from its set-up to its last result) minus the
     trainer's own ``train_seconds``; scheduling overhead is what the concurrent slots spent
-    outside any trial (actor start-up, Tune and Optuna in the driver, idling).
+    outside any trial during the Tune run (actor start-up, Tune and Optuna in the driver,
+    idling). Starting a local Ray instance comes before the Tune run and is reported apart.
     """
     n = stats["trials"]
     in_trial = (stats["trial_wall_seconds"] - stats["trial_train_seconds"]) / n
@@ -99,6 +100,8 @@ def overhead_line(stats: dict[str, float]) -> str:
     if stats.get("slots"):
         idle = stats["study_wall_seconds"] * stats["slots"] - stats["trial_wall_seconds"]
         line += f"; scheduling overhead {idle / n:.2f}s/trial ({int(stats['slots'])} slots)"
+    if stats.get("ray_start_seconds"):
+        line += f"; Ray start {stats['ray_start_seconds']:.1f}s"
     return line
 
 

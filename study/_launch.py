@@ -14,12 +14,14 @@ the Optuna storage and the study folder, never in Tune's experiment state:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +32,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from nalu_core import PopulationTrainer, RunConfig, TaskConfig
+from nalu_core import EvalReport, PopulationTrainer, RunConfig, TaskConfig
 from study._errors import StudyError
 from study._pruning import METRIC, OptunaPruningScheduler, TaskGridSearcher, TaskSearch
 from study._settings import Settings
@@ -106,6 +108,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             self.trainer.load_state_dict(state)
         self.restored_step = self.trainer.step
         self.reports = self.trainer.run()
+        self.ahead: Future[EvalReport | None] | None = None
         self.evaluations = 0
         self.last: dict[str, Any] = {}
         self.finished = False
@@ -123,9 +126,8 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             raise
 
     def _step(self) -> dict[str, Any]:
-        try:
-            report = next(self.reports)
-        except StopIteration:
+        report = self._next_report()
+        if report is None:
             return self._finish()
         self.evaluations += 1
         metrics = report.metrics()
@@ -138,7 +140,24 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         self.last = self._result(metrics, step=report.step, train_seconds=report.train_seconds)
         if report.step >= self.run_config.train.steps:
             return self._finish()
+        # Tune handles each result in the driver (Optuna's report and pruning decision,
+        # 20-30 ms) while this actor would wait for the next call; train on meanwhile
+        self.ahead = _trainer_thread().submit(next, self.reports, None)
         return self.last
+
+    def _next_report(self) -> EvalReport | None:
+        ahead, self.ahead = self.ahead, None
+        return next(self.reports, None) if ahead is None else ahead.result()
+
+    def _halt_ahead(self) -> None:
+        """Ends the training ahead at its current step; the next ``step()`` carries on there."""
+        if self.ahead is None:
+            return
+        self.trainer.request_stop()
+        wait([self.ahead])
+        if self.ahead.exception() is None and self.ahead.result() is None:
+            self.ahead = None  # stopped between two evaluations: nothing to report yet
+        self.reports = self.trainer.run()  # from the trainer's step, with the stop cleared
 
     def _result(self, metrics: Mapping[str, float], *, step: int, train_seconds: float) -> dict:  # type: ignore[type-arg]
         import ray
@@ -199,6 +218,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Tune's own checkpoints (pause, retries on another node): the same state file."""
+        self._halt_ahead()  # Tune asks for one when it stops a trial: don't wait for the eval
         state = self.trainer.state_dict()
         _save_state(Path(checkpoint_dir) / CHECKPOINT_FILE, state)
         _save_state(self.checkpoint_path, state)
@@ -208,6 +228,8 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             return
         state = _load_state(Path(checkpoint) / CHECKPOINT_FILE)
         if state is not None:
+            self._halt_ahead()
+            self.ahead = None
             self.trainer.load_state_dict(state)
             self.restored_step = self.trainer.step
             self.reports = self.trainer.run()
@@ -227,6 +249,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             self.tracker.log_eval(int(row["step"]), metrics)
 
     def cleanup(self) -> None:
+        self._halt_ahead()
         # stopped before the end: the scheduler pruned it, or the time limit cut it
         if self.tracker is not None and not self.finished:
             self.tracker.finish("PRUNED")
@@ -236,6 +259,12 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         self.cleanup()
         self.setup(new_config)
         return True
+
+
+@functools.cache
+def _trainer_thread() -> ThreadPoolExecutor:
+    """The actor's one thread that trains ahead (see ``NaluTrainable._step``)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="train-ahead")
 
 
 def _open_tracker(config: Mapping[str, Any], run_config: RunConfig, trial_id: str) -> Any:
@@ -391,6 +420,9 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
         self.best: tuple[float, str] | None = None
         self.trial_wall: list[float] = []
         self.trial_train: list[float] = []
+        # (monotonic time, trials running from then on): for the slots left idle at the end
+        self.occupancy: list[tuple[float, int]] = []
+        self.last_start: int | None = None  # index into occupancy
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into tuner.pkl; the console and the record stay here
@@ -400,6 +432,8 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
+        self.last_start = len(self.occupancy)
+        self.occupancy.append((time.monotonic(), len(self.running)))
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -410,6 +444,7 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
     ) -> None:
         self.running.discard(trial.trial_id)
+        self.occupancy.append((time.monotonic(), len(self.running)))
         result = trial.last_result or {}
         search = self.scheduler.searcher.search_for(trial.trial_id)
         if search is not None and trial.trial_id in search.pruned:
@@ -429,8 +464,23 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
+        self.occupancy.append((time.monotonic(), len(self.running)))
         self.failed += 1
         self._tick(force=True)
+
+    def idle_after_last_start(self, slots: int) -> float:
+        """Slot-seconds left idle between the last trial's start and the last trial's end.
+
+        Once the last trial has started, the budget has nothing more to run: a slot that
+        frees up then stays idle, whatever the scheduler's overhead (the "tail").
+        """
+        if self.last_start is None or slots <= 0:
+            return 0.0
+        idle = 0.0
+        tail = self.occupancy[self.last_start :]
+        for (t0, running), (t1, _) in zip(tail, tail[1:], strict=False):
+            idle += max(0, slots - running) * (t1 - t0)
+        return idle
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self._tick()
@@ -453,10 +503,12 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 
 
 @contextlib.contextmanager
-def _ray(address: str | None) -> Iterator[None]:
+def _ray(address: str | None) -> Iterator[float]:
+    """Ray for one launch; yields the seconds its start took (0 when already connected)."""
     import ray
 
     started = False
+    start = time.perf_counter()
     if not ray.is_initialized():
         # no address: a fresh local instance ("local"), never whichever cluster `ray start` last
         # left on this machine; it picks free ports itself, never the Redis-default 6379
@@ -468,7 +520,7 @@ def _ray(address: str | None) -> Iterator[None]:
         )
         started = True
     try:
-        yield
+        yield time.perf_counter() - start
     finally:
         if started:
             ray.shutdown()
@@ -506,68 +558,73 @@ def launch(
     study_dir = settings.study_dir(spec.name)
     record = _open_record(spec, settings, study_dir, resume=resume, num_samples=num_samples)
     budget = record["budget"]
-    storage = optuna.storages.RDBStorage(settings.storage)
     keys = spec.task_keys()
-    if resume:
-        fixed = reconcile_storage(storage, spec.name, keys)
-        echo(
-            f"resume: {fixed['failed_running']} interrupted trial(s) marked FAIL, "
-            f"{fixed['requeued']} re-enqueued"
-        )
-    left = quotas(storage, spec, num_samples=budget["num_samples"])
     time_left = None
     if budget["time_limit"] is not None:
         time_left = float(budget["time_limit"]) - float(record.get("elapsed_s", 0.0))
-    started = time.monotonic()
-    beat = _Heartbeat(study_dir, record)
-    beat()
+    tracker = _study_tracker(settings, spec, study_dir) if track else None
     ran = 0
     stats: dict[str, float] = {}
     status = "finished"
-    tracker = _study_tracker(settings, spec, study_dir) if track else None
-    try:
-        if sum(left.values()) > 0 and (time_left is None or time_left > 0):
-            tracking = None
-            if tracker is not None:
-                experiment_id = tracker.prepare()
-                if resume:
+    with contextlib.ExitStack() as stack:
+        # The stores are set up on a thread: Optuna's (~1 s for a new SQLite file), then, when
+        # there is something to run, MLflow's (schema, experiment, parent run: ~2 s). A new
+        # study has its whole budget ahead, so Ray starts meanwhile on this thread; ray.init
+        # stays on the main thread, since the processes it starts die with the thread that
+        # started them.
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="launch-setup"))
+        opening = pool.submit(_open_storage, settings, spec, budget, resume=resume, echo=echo)
+        preparing = pool.submit(
+            _prepare_tracking, opening, tracker, settings, spec, resume=resume, time_left=time_left
+        )
+        ray_seconds = None
+        started = time.monotonic()
+        beat = _Heartbeat(study_dir, record)
+        storage = None
+        try:
+            if not resume and _may_run(budget, time_left):
+                ray_seconds = stack.enter_context(_ray(settings.ray_address))
+            storage, left = opening.result()
+            beat()
+            tracking = preparing.result()
+            if sum(left.values()) > 0 and (time_left is None or time_left > 0):
+                if ray_seconds is None:
+                    ray_seconds = stack.enter_context(_ray(settings.ray_address))
+                ran, stats = _run_tuner(
+                    spec,
+                    settings,
+                    storage=storage,
+                    quotas=left,
+                    time_left=time_left,
+                    study_dir=study_dir,
+                    tracking=tracking,
+                    echo=echo,
+                    heartbeat=beat,
+                    extra_config=extra_config or {},
+                )
+                stats["ray_start_seconds"] = ray_seconds
+            else:
+                echo("nothing to run: the budget is already used")
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            # a storage that failed to open raises as before, with nothing to close
+            if storage is None and opening.exception() is None:
+                storage = opening.result()[0]  # Ray's start failed while the stores opened
+            if storage is not None:
+                preparing.exception()  # waits: a parent run started meanwhile is ended here
+                _fail_running(storage, spec.name, keys)
+                if tracker is not None and tracker.parent_run_id is not None:
+                    tracker.end_launch(
+                        {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+                    )
+                    # trial runs whose process died without a word (a lost node) end KILLED
                     tracker.reconcile()
-                parent = tracker.start_launch(params={"study": spec.name, "resume": resume})
-                tracking = {
-                    "uri": settings.tracking_uri,
-                    "experiment_id": experiment_id,
-                    "parent_run_id": parent,
-                    "study": spec.name,
-                }
-            ran, stats = _run_tuner(
-                spec,
-                settings,
-                storage=storage,
-                quotas=left,
-                time_left=time_left,
-                study_dir=study_dir,
-                tracking=tracking,
-                echo=echo,
-                heartbeat=beat,
-                extra_config=extra_config or {},
-            )
-        else:
-            echo("nothing to run: the budget is already used")
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except BaseException:
-        status = "failed"
-        raise
-    finally:
-        _fail_running(storage, spec.name, keys)
-        if tracker is not None and tracker.parent_run_id is not None:
-            tracker.end_launch(
-                {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
-            )
-            # trial runs whose process died without a word (a lost node) end KILLED
-            tracker.reconcile()
-        beat(status=_final_status(status, storage, spec, budget, record))
+                beat(status=_final_status(status, storage, spec, budget, record))
     wall = time.monotonic() - started
     return LaunchResult(
         name=spec.name,
@@ -577,6 +634,51 @@ def launch(
         trials_run=ran,
         stats=stats,
     )
+
+
+def _may_run(budget: Mapping[str, Any], time_left: float | None) -> bool:
+    return budget["num_samples"] != 0 and (time_left is None or time_left > 0)
+
+
+def _open_storage(
+    settings: Settings, spec: StudySpec, budget: Mapping[str, Any], *, resume: bool, echo: Echo
+) -> tuple[optuna.storages.RDBStorage, dict[str, int]]:
+    """Optuna's storage and the trials left per task × op (after a resume's reconciling)."""
+    storage = optuna.storages.RDBStorage(settings.storage)
+    if resume:
+        fixed = reconcile_storage(storage, spec.name, spec.task_keys())
+        echo(
+            f"resume: {fixed['failed_running']} interrupted trial(s) marked FAIL, "
+            f"{fixed['requeued']} re-enqueued"
+        )
+    return storage, quotas(storage, spec, num_samples=budget["num_samples"])
+
+
+def _prepare_tracking(
+    opening: Future[tuple[optuna.storages.RDBStorage, dict[str, int]]],
+    tracker: Any,
+    settings: Settings,
+    spec: StudySpec,
+    *,
+    resume: bool,
+    time_left: float | None,
+) -> dict[str, Any] | None:
+    """The MLflow experiment and this launch's parent run, when there is something to run."""
+    if tracker is None or opening.exception() is not None:
+        return None
+    _, left = opening.result()
+    if sum(left.values()) == 0 or (time_left is not None and time_left <= 0):
+        return None
+    experiment_id = tracker.prepare()
+    if resume:
+        tracker.reconcile()
+    parent = tracker.start_launch(params={"study": spec.name, "resume": resume})
+    return {
+        "uri": settings.tracking_uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent,
+        "study": spec.name,
+    }
 
 
 def _final_status(
@@ -751,8 +853,7 @@ def _run_tuner(
         ),
     )
     wall_start = time.perf_counter()
-    with _ray(settings.ray_address):
-        tuner.fit()
+    tuner.fit()
     wall = time.perf_counter() - wall_start
     ran = progress.done + progress.pruned + progress.failed
     stats = {
@@ -761,6 +862,9 @@ def _run_tuner(
         "trial_wall_seconds": sum(progress.trial_wall),
         "trial_train_seconds": sum(progress.trial_train),
         "slots": float(spec.budget.max_concurrent or 0),
+        "idle_after_last_start_seconds": progress.idle_after_last_start(
+            int(spec.budget.max_concurrent or 0)
+        ),
     }
     return ran, stats
 

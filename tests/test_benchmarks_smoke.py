@@ -64,8 +64,17 @@ def test_bench_study_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["trials"] == 1
-    assert report["slot_seconds"]["training"] > 0
+    split = report["slot_seconds"]
+    assert split["training"] > 0
+    # a fresh local instance: its start is measured, and the parts add up to the slot-time
+    assert split["ray_start"] > 0
+    slot_time = report["slots"] * report["launch_wall_seconds"]
+    parts = sum(split.values()) + report["unused_slot_seconds"]
+    assert parts == pytest.approx(slot_time, rel=1e-6)
     assert 0 < report["overhead_fraction"] < 1
+    assert report["not_training_fraction"] == pytest.approx(
+        report["overhead_fraction"] + report["unused_fraction"]
+    )
 
 
 @pytest.mark.skipif(

@@ -201,3 +201,14 @@ def test_trains_on_cuda() -> None:
     assert all(p.is_cuda for p in trainer.network_state().values())
     assert reports[-1].success_rate == 1.0
     assert trainer.result().division_probe is None
+
+
+def test_request_stop_ends_a_run_at_the_next_step_and_a_new_run_continues() -> None:
+    trainer = PopulationTrainer(_config(steps=100, eval_every=10, seeds=2))
+    reports = trainer.run()
+    assert next(reports).step == 10
+    trainer.request_stop()  # as NaluTrainable does from another thread when a trial is pruned
+    assert next(reports, None) is None
+    assert trainer.step == 10
+    trainer.request_stop()
+    assert [r.step for r in trainer.run()][:2] == [20, 30]  # a stop only ends the run it hit

@@ -201,3 +201,21 @@ def test_reconcile_requeues_each_interrupted_trial_once(tmp_path: Path) -> None:
     study.tell(rerun, state=TrialState.FAIL)
     # num_samples 3: COMPLETE + PRUNED count, FAIL does not
     assert quotas(storage, spec, num_samples=3) == {"static-add": 1}
+
+
+def test_idle_after_last_start_counts_only_the_slots_left_without_work() -> None:
+    from types import SimpleNamespace
+
+    from study._launch import _Progress
+
+    progress = _Progress(echo=lambda line: None, scheduler=None, heartbeat=lambda: None)
+    for trial_id in ("a", "b"):
+        progress.on_trial_start(0, [], SimpleNamespace(trial_id=trial_id))
+    assert progress.last_start == 1 and [n for _, n in progress.occupancy] == [1, 2]
+    # two slots: a ends at 10 s (a slot idles 1 s before c starts: scheduling, not the tail);
+    # c, the last trial, starts at 11 s; b ends at 15 s and c at 30 s: one slot idle 15 s
+    progress.occupancy = [(0.0, 1), (0.0, 2), (10.0, 1), (11.0, 2), (15.0, 1), (30.0, 0)]
+    progress.last_start = 3
+    assert progress.idle_after_last_start(2) == pytest.approx(15.0)
+    assert progress.idle_after_last_start(0) == 0.0
+    assert _Progress(echo=print, scheduler=None, heartbeat=print).idle_after_last_start(2) == 0.0
