@@ -88,8 +88,10 @@ def overhead_line(stats: dict[str, float]) -> str:
 
     In-trial overhead is a trial's wall time (from its set-up to its last result) minus the
     trainer's own ``train_seconds``; scheduling overhead is what the concurrent slots spent
-    outside any trial during the Tune run (actor start-up, Tune and Optuna in the driver,
-    idling). Starting a local Ray instance comes before the Tune run and is reported apart.
+    outside any trial during the Tune run (actor start-up, Tune and Optuna in the driver),
+    less the slot-time left idle once the last trial had started (reported apart: the budget
+    had nothing more to run). Starting a local Ray instance comes before the Tune run and is
+    reported apart too.
     """
     n = stats["trials"]
     in_trial = (stats["trial_wall_seconds"] - stats["trial_train_seconds"]) / n
@@ -98,8 +100,13 @@ def overhead_line(stats: dict[str, float]) -> str:
         f"{stats['trial_train_seconds']:.1f}s in all; in-trial overhead {in_trial:.2f}s/trial"
     )
     if stats.get("slots"):
+        unused = stats.get("idle_after_last_start_seconds", 0.0)
         idle = stats["study_wall_seconds"] * stats["slots"] - stats["trial_wall_seconds"]
-        line += f"; scheduling overhead {idle / n:.2f}s/trial ({int(stats['slots'])} slots)"
+        line += (
+            f"; scheduling overhead {(idle - unused) / n:.2f}s/trial "
+            f"({int(stats['slots'])} slots; {unused:.1f} slot-s idle at the end, "
+            "nothing left to run)"
+        )
     if stats.get("ray_start_seconds"):
         line += f"; Ray start {stats['ray_start_seconds']:.1f}s"
     return line

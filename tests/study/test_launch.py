@@ -219,3 +219,22 @@ def test_idle_after_last_start_counts_only_the_slots_left_without_work() -> None
     assert progress.idle_after_last_start(2) == pytest.approx(15.0)
     assert progress.idle_after_last_start(0) == 0.0
     assert _Progress(echo=print, scheduler=None, heartbeat=print).idle_after_last_start(2) == 0.0
+
+
+def test_overhead_line_reports_the_unused_tail_and_ray_start_apart() -> None:
+    from study._cli_study import overhead_line
+
+    stats = {
+        "trials": 10.0,
+        "study_wall_seconds": 100.0,
+        "trial_wall_seconds": 170.0,
+        "trial_train_seconds": 160.0,
+        "slots": 2.0,
+        "idle_after_last_start_seconds": 20.0,
+        "ray_start_seconds": 5.0,
+    }
+    line = overhead_line(stats)
+    # 2 x 100 s of slot-time, 170 s in trials, 20 s idle with nothing left: 10 s scheduling
+    assert "in-trial overhead 1.00s/trial" in line
+    assert "scheduling overhead 1.00s/trial (2 slots; 20.0 slot-s idle at the end" in line
+    assert line.endswith("Ray start 5.0s")
