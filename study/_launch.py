@@ -42,6 +42,7 @@ from study._studies import (
     SPEC,
     TaskSummary,
     driver_alive,
+    open_storage,
     optuna_study_name,
     read_record,
     summarize,
@@ -644,7 +645,7 @@ def _open_storage(
     settings: Settings, spec: StudySpec, budget: Mapping[str, Any], *, resume: bool, echo: Echo
 ) -> tuple[optuna.storages.RDBStorage, dict[str, int]]:
     """Optuna's storage and the trials left per task × op (after a resume's reconciling)."""
-    storage = optuna.storages.RDBStorage(settings.storage)
+    storage = open_storage(settings.storage)
     if resume:
         fixed = reconcile_storage(storage, spec.name, spec.task_keys())
         echo(

@@ -197,8 +197,32 @@ class StudyStatus:
         }
 
 
+_CONCURRENT_CREATE = ("already exists", "alembic_version", "database is locked")
+
+
+def open_storage(url: str, *, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``, tolerant of a concurrent first open.
+
+    Two processes opening the same new SQLite file at once (a launch creating it while
+    ``status`` or the dashboard polls it) both run Optuna's CREATE TABLE and its alembic stamp;
+    the loser fails ("table ... already exists", "UNIQUE constraint failed: alembic_version",
+    "database is locked"), and a second open finds the tables made.
+    """
+    import sqlalchemy.exc
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+            raced = any(m in str(err) for m in _CONCURRENT_CREATE)
+            if not raced or attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
 def _storage(url: str) -> optuna.storages.BaseStorage:
-    return optuna.storages.RDBStorage(url, skip_compatibility_check=False)
+    return open_storage(url)
 
 
 def study_status(study_dir: Path, *, storage_url: str | None = None) -> StudyStatus:

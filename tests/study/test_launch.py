@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from study._cli import app
+from study._studies import open_storage
 
 SPACE = {
     "name": "small",
@@ -54,7 +55,8 @@ def trial_states(storage: str) -> list[optuna.trial.FrozenTrial]:
     if not Path(storage.removeprefix("sqlite:///")).exists():
         return []
     try:
-        study = optuna.load_study(study_name="killed.static-add", storage=storage)
+        # open_storage: the driver may be creating the tables at this very moment
+        study = optuna.load_study(study_name="killed.static-add", storage=open_storage(storage))
     except KeyError:
         return []
     return study.get_trials()
@@ -238,3 +240,22 @@ def test_overhead_line_reports_the_unused_tail_and_ray_start_apart() -> None:
     assert "in-trial overhead 1.00s/trial" in line
     assert "scheduling overhead 1.00s/trial (2 slots; 20.0 slot-s idle at the end" in line
     assert line.endswith("Ray start 5.0s")
+
+
+def test_open_storage_survives_another_process_creating_the_tables(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    # four processes open the same new file at once; each must get a working storage
+    code = (
+        "import sys, time; from study._studies import open_storage; "
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); open_storage(sys.argv[1])"
+    )
+    start = str(time.time() + 4.0)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url, start], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    optuna.create_study(study_name="x", storage=open_storage(url))
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["x"]
