@@ -134,21 +134,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = costs["checkpoint_seconds"] * checkpoints
     tune_wall = stats.get("study_wall_seconds", 0.0)
     ray_start = stats.get("ray_start_seconds", 0.0)
+    # slots idle after the last trial started: the budget had nothing left to run in them
+    unused = stats.get("idle_after_last_start_seconds", 0.0)
     split = {
         "training": train,
         "trainer_setup": setup,
         "checkpoints": checkpoint,
         # can come out slightly negative: set-up is timed here, not inside the trials
         "mlflow_and_rest_of_trial": in_trial - setup - checkpoint,
-        "scheduling": slots * tune_wall
-        - stats.get("trial_wall_seconds", 0.0)
-        - stats.get("idle_after_last_start_seconds", 0.0),
+        "scheduling": slots * tune_wall - stats.get("trial_wall_seconds", 0.0) - unused,
         "ray_start": slots * ray_start,
         "outside_tune": slots * (launch_wall - tune_wall - ray_start),
     }
     slot_time = slots * launch_wall
-    # slots idle after the last trial started: the budget had nothing left to run in them
-    unused = stats.get("idle_after_last_start_seconds", 0.0)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -588,7 +588,7 @@ def launch(
             storage, left = opening.result()
             beat()
             tracking = preparing.result()
-            if sum(left.values()) > 0 and (time_left is None or time_left > 0):
+            if _has_work(left, time_left):
                 if ray_seconds is None:
                     ray_seconds = stack.enter_context(_ray(settings.ray_address))
                 ran, stats = _run_tuner(
@@ -638,7 +638,13 @@ def launch(
 
 
 def _may_run(budget: Mapping[str, Any], time_left: float | None) -> bool:
+    """Before the storage is read: whether the budget can leave anything to run."""
     return budget["num_samples"] != 0 and (time_left is None or time_left > 0)
+
+
+def _has_work(left: Mapping[str, int], time_left: float | None) -> bool:
+    """Trials left to run (per task × op quotas) and time to run them in."""
+    return sum(left.values()) > 0 and (time_left is None or time_left > 0)
 
 
 def _open_storage(
@@ -668,7 +674,7 @@ def _prepare_tracking(
     if tracker is None or opening.exception() is not None:
         return None
     _, left = opening.result()
-    if sum(left.values()) == 0 or (time_left is not None and time_left <= 0):
+    if not _has_work(left, time_left):
         return None
     experiment_id = tracker.prepare()
     if resume:
@@ -857,15 +863,14 @@ def _run_tuner(
     tuner.fit()
     wall = time.perf_counter() - wall_start
     ran = progress.done + progress.pruned + progress.failed
+    slots = int(spec.budget.max_concurrent or 0)
     stats = {
         "study_wall_seconds": wall,
         "trials": float(ran),
         "trial_wall_seconds": sum(progress.trial_wall),
         "trial_train_seconds": sum(progress.trial_train),
-        "slots": float(spec.budget.max_concurrent or 0),
-        "idle_after_last_start_seconds": progress.idle_after_last_start(
-            int(spec.budget.max_concurrent or 0)
-        ),
+        "slots": float(slots),
+        "idle_after_last_start_seconds": progress.idle_after_last_start(slots),
     }
     return ran, stats
 

@@ -204,7 +204,7 @@ def open_storage(url: str, *, attempts: int = 3) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url``, tolerant of a concurrent first open.
 
     Two processes opening the same new SQLite file at once (a launch creating it while
-    ``status`` or the dashboard polls it) both run Optuna's CREATE TABLE and its alembic stamp;
+    ``nalu-study status`` reads it) both run Optuna's CREATE TABLE and its alembic stamp;
     the loser fails ("table ... already exists", "UNIQUE constraint failed: alembic_version",
     "database is locked"), and a second open finds the tables made.
     """
@@ -221,10 +221,6 @@ def open_storage(url: str, *, attempts: int = 3) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
-    return open_storage(url)
-
-
 def study_status(study_dir: Path, *, storage_url: str | None = None) -> StudyStatus:
     """Counts, best trials and budget of the study in ``study_dir``."""
     record = read_record(study_dir)
@@ -232,7 +228,7 @@ def study_status(study_dir: Path, *, storage_url: str | None = None) -> StudySta
     url = storage_url or record.get("settings", {}).get("storage")
     tasks: list[TaskSummary] = []
     if url:
-        tasks = summarize(_storage(url), str(record["name"]), keys)
+        tasks = summarize(open_storage(url), str(record["name"]), keys)
     budget = record.get("budget", {})
     return StudyStatus(
         name=str(record["name"]),
