@@ -32,7 +32,7 @@ from nalu_core._config import (
     TrainConfig,
 )
 from nalu_core._errors import ConfigError
-from nalu_core._registry import RegularizerSchedule
+from nalu_core._registry import UNITS, RegularizerSchedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +106,11 @@ class PublishedRow:
         schedule = self.schedule()
         # the row's λ̂ for every layer, or 0: a unit's own published schedule must not apply
         reg: dict[str, Any] = {"regularizer_lambda": 0.0}
-        if schedule is not None:
+        own = all(UNITS[unit].regularizer == schedule for unit in self.units)
+        if schedule is not None and own and regularizer_start is regularizer_end is None:
+            # every layer's own schedule is the row's (e.g. the RealNPU's geometric β)
+            reg = {}
+        elif schedule is not None:
             reg = {
                 "regularizer_lambda": schedule.lambda_,
                 "regularizer_start": schedule.start
@@ -142,6 +146,11 @@ _MADSEN_TASK = {
 # stable-nalu's defaults: --regualizer 10, --regualizer-scaling-start/-end 1e6 / 2e6
 _MADSEN_DEFAULT = RegularizerSchedule(lambda_=10.0, start=1_000_000, end=2_000_000)
 _NAU_ROW = RegularizerSchedule(lambda_=0.01, start=5_000, end=50_000)
+# Mistry: L1 scaled by β = 1e-9, ×10 every 10k steps, to 1e-7; NMRU: --regualizer 10 over 20k→35k
+_REALNPU_BETA = RegularizerSchedule(
+    lambda_=1e-7, kind="geometric", initial=1e-9, growth=10.0, every=10_000
+)
+_NMRU_ROW = RegularizerSchedule(lambda_=10.0, start=20_000, end=35_000)
 _SIMPLE = "experiments/simple_function_static.py --max-iterations 5000000"
 
 
@@ -242,8 +251,7 @@ PUBLISHED_ROWS: dict[str, PublishedRow] = {
             paper="mistry2022",
             label="Real NPU (baseline)",
             units=("realnpu",),
-            regularizers=(None,),
-            unit_options=({"regularizer": "l1"},),
+            regularizers=(_REALNPU_BETA,),
             lr=5e-3,
             steps=50_000,
             seeds=25,
@@ -259,7 +267,7 @@ PUBLISHED_ROWS: dict[str, PublishedRow] = {
             paper="mistry2022",
             label="NMRU (sign retrieval)",
             units=("nmru",),
-            regularizers=(RegularizerSchedule(lambda_=10.0, start=20_000, end=35_000),),
+            regularizers=(_NMRU_ROW,),
             unit_options=({"sign_retrieval": True},),
             lr=1e-2,
             clip="norm",
