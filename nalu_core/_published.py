@@ -33,6 +33,7 @@ from nalu_core._config import (
 )
 from nalu_core._errors import ConfigError
 from nalu_core._registry import UNITS, RegularizerSchedule
+from nalu_core._units import NMRU_SCHEDULE, REALNPU_BETA
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,11 +147,6 @@ _MADSEN_TASK = {
 # stable-nalu's defaults: --regualizer 10, --regualizer-scaling-start/-end 1e6 / 2e6
 _MADSEN_DEFAULT = RegularizerSchedule(lambda_=10.0, start=1_000_000, end=2_000_000)
 _NAU_ROW = RegularizerSchedule(lambda_=0.01, start=5_000, end=50_000)
-# Mistry: L1 scaled by β = 1e-9, ×10 every 10k steps, to 1e-7; NMRU: --regualizer 10 over 20k→35k
-_REALNPU_BETA = RegularizerSchedule(
-    lambda_=1e-7, kind="geometric", initial=1e-9, growth=10.0, every=10_000
-)
-_NMRU_ROW = RegularizerSchedule(lambda_=10.0, start=20_000, end=35_000)
 _SIMPLE = "experiments/simple_function_static.py --max-iterations 5000000"
 
 
@@ -251,7 +247,7 @@ PUBLISHED_ROWS: dict[str, PublishedRow] = {
             paper="mistry2022",
             label="Real NPU (baseline)",
             units=("realnpu",),
-            regularizers=(_REALNPU_BETA,),
+            regularizers=(REALNPU_BETA,),  # the unit's own schedule
             lr=5e-3,
             steps=50_000,
             seeds=25,
@@ -267,7 +263,7 @@ PUBLISHED_ROWS: dict[str, PublishedRow] = {
             paper="mistry2022",
             label="NMRU (sign retrieval)",
             units=("nmru",),
-            regularizers=(_NMRU_ROW,),
+            regularizers=(NMRU_SCHEDULE,),  # the unit's own schedule
             unit_options=({"sign_retrieval": True},),
             lr=1e-2,
             clip="norm",

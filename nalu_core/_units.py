@@ -932,41 +932,45 @@ _GATE_INIT = OptionSpec(
 _CLAMP_GATE = OptionSpec(
     type=bool, default=False, doc="clamp the stored g to [0, 1] after each step (reference: no)"
 )
+# Mistry's division baselines (sltr-in2.sh): RealNPU β 1e-9, ×10 every 10k steps, up to 1e-7;
+# NMRU --regualizer 10 over 20k -> 35k
+REALNPU_BETA = RegularizerSchedule(
+    lambda_=1e-7, kind="geometric", initial=1e-9, growth=10.0, every=10_000
+)
+NMRU_SCHEDULE = RegularizerSchedule(lambda_=10.0, start=20_000, end=35_000)
+
+
+def _npu_options(epsilon: OptionSpec, regularizer: str) -> dict[str, OptionSpec]:
+    other = "none" if regularizer == "l1" else "l1"
+    return {
+        "epsilon": epsilon,
+        "gate_init": _GATE_INIT,
+        "clamp_gate": _CLAMP_GATE,
+        "regularizer": OptionSpec(
+            type=str,
+            default=regularizer,
+            choices=(regularizer, other),
+            doc="L1 Σ|θ| over the parameters, scaled by the unit's schedule (RealNPU: β), or none",
+        ),
+    }
+
+
 register_unit(
     "npu",
     NPU,
     fixed={"real": False},
-    options={
-        "epsilon": _EPSILON,
-        "gate_init": _GATE_INIT,
-        "clamp_gate": _CLAMP_GATE,
-        "regularizer": OptionSpec(
-            type=str, default="none", choices=("none", "l1"), doc="L1 on the parameters"
-        ),
-    },
+    options=_npu_options(_EPSILON, "none"),
     doc="NPU (Heim 2020): complex-weight power unit with a relevance gate",
 )
 register_unit(
     "realnpu",
     NPU,
     fixed={"real": True},
-    options={
-        "epsilon": OptionSpec(
-            type=float, default=_F32_EPS, low=0.0, doc="ε in log(|x| + ε) (float32's eps)"
-        ),
-        "gate_init": _GATE_INIT,
-        "clamp_gate": _CLAMP_GATE,
-        "regularizer": OptionSpec(
-            type=str,
-            default="l1",
-            choices=("l1", "none"),
-            doc="L1 Σ|θ| scaled by β (Mistry's RealNPU baseline), or none",
-        ),
-    },
-    # Mistry's division baseline: β 1e-9, ×10 every 10k steps, up to 1e-7 (sltr-in2.sh)
-    regularizer=RegularizerSchedule(
-        lambda_=1e-7, kind="geometric", initial=1e-9, growth=10.0, every=10_000
+    options=_npu_options(
+        OptionSpec(type=float, default=_F32_EPS, low=0.0, doc="ε in log(|x| + ε) (float32's)"),
+        "l1",
     ),
+    regularizer=REALNPU_BETA,
     doc="RealNPU (Heim 2020): the NPU with real weights only",
 )
 register_unit(
@@ -991,7 +995,7 @@ register_unit(
             type=bool, default=False, doc="Mistry's sign-retrieving NMRU (division runs)"
         ),
     },
-    regularizer=RegularizerSchedule(lambda_=10.0, start=20_000, end=35_000),
+    regularizer=NMRU_SCHEDULE,
     doc="NMRU (Mistry 2021): an NMU over the inputs and their reciprocals",
 )
 _BIAS = OptionSpec(type=bool, default=True, doc="learn a bias b")
