@@ -137,12 +137,13 @@ class TrainResult:
             q25, q50, q75 = quantiles([getattr(s, f"{split}_mse") for s in seeds])
             out |= {f"{split}_mse_median": q50, f"{split}_mse_q25": q25, f"{split}_mse_q75": q75}
         # as stable-nalu's R summary (_compute_summary.r): over the solved seeds only (a seed
-        # that crossed the threshold once but fails at its best step does not count), R's
-        # median (the mean of the middle two), and the sparsity error's mean
+        # that crossed the threshold once but fails at its best step does not count) with R's
+        # median (the mean of the middle two); the sparsity error's mean likewise
         solved = [s for s in seeds if s.success and s.solved_at is not None]
         out["solved_at_median"] = median([float(s.solved_at) for s in solved])  # type: ignore[arg-type]
+        # the median over every seed, as before (not a reference figure), and the reference's mean
+        out["sparsity_error_median"] = median([s.sparsity_error for s in seeds])
         sparsity = [s.sparsity_error for s in solved if math.isfinite(s.sparsity_error)]
-        out["sparsity_error_median"] = median(sparsity)
         out["sparsity_error_mean"] = sum(sparsity) / len(sparsity) if sparsity else math.nan
         out["threshold"] = math.nan if self.threshold is None else self.threshold
         return out
