@@ -16,7 +16,9 @@ from __future__ import annotations
 import abc
 import functools
 import math
+import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -313,6 +315,65 @@ def _index_hashes(n: int, device: torch.device) -> Tensor:
     return _mix32_(torch.arange(n, dtype=torch.int32, device=device))
 
 
+# --- the fused sampler: the hash and the range map as one compiled pass (CPU, float32) ---
+#
+# torch.compile (inductor) turns _hash_into into one vectorised C++ loop that writes straight
+# into the caller's buffer: no int32 temporaries, no per-step allocation. Its integer ops
+# wrap like torch's and its float map rounds like the plain path (pinned bit for bit by
+# tests/nalu_core/test_data_streams.py). Without a working compiler the plain path runs.
+# NALU_FUSED_SAMPLER=0 turns it off, =1 uses it for any size (the default: large draws).
+
+_FUSED_MIN_ELEMENTS = 1 << 20
+_fused_state: dict[str, Any] = {}
+
+
+def _hash_into(
+    index: Tensor, low: Tensor, high: Tensor, out: Tensor, scale: float, lo: float
+) -> None:
+    z = (index ^ low) + high  # (P, n)
+    z = z ^ ((z >> 16) & 0xFFFF)
+    z = z * _MIX32_1
+    z = z ^ ((z >> 15) & 0x1FFFF)
+    z = z * _MIX32_2
+    z = z ^ ((z >> 16) & 0xFFFF)
+    out.copy_(torch.mul(z & 0xFFFFFF, scale) + lo)
+
+
+def _fused_kernel() -> Callable[..., None] | None:
+    if "kernel" not in _fused_state:
+        # dynamic: one kernel for every population size, batch and range (a specialised one
+        # per shape would hit dynamo's recompile limit in a process that builds many)
+        _fused_state["kernel"] = torch.compile(_hash_into, dynamic=True, fullgraph=True)
+    kernel: Callable[..., None] | None = _fused_state["kernel"]
+    return kernel
+
+
+def fused_sampler_enabled(elements: int, *, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`counter_uniform` takes the compiled pass for a draw of this size."""
+    setting = os.environ.get("NALU_FUSED_SAMPLER", "")
+    if setting == "0" or device.type != "cpu" or dtype != torch.float32:
+        return False
+    if _fused_state.get("kernel", True) is None:  # it failed to compile once
+        return False
+    return setting == "1" or elements >= _FUSED_MIN_ELEMENTS
+
+
+def _counter_uniform_fused(
+    index: Tensor, low: Tensor, high: Tensor, out: Tensor, interval: Interval
+) -> bool:
+    kernel = _fused_kernel()
+    if kernel is None:
+        return False
+    lo, hi = interval
+    try:
+        kernel(index, low, high, out, (hi - lo) * 2.0**-24, lo)
+    except Exception as err:  # noqa: BLE001 - any compiler failure: the plain path stays
+        _fused_state["kernel"] = None
+        warnings.warn(f"fused sampler unavailable, using the plain path: {err}", stacklevel=3)
+        return False
+    return True
+
+
 def counter_uniform(
     seeds: Tensor,
     step: int,
@@ -321,6 +382,7 @@ def counter_uniform(
     dtype: torch.dtype,
     interval: Interval = (0.0, 1.0),
     out: Tensor | None = None,
+    fused: bool | None = None,
 ) -> Tensor:
     """U[lo, hi) numbers (P, n) on ``seeds``' device with 24 random bits each: row p is a
     function of ``(seeds[p], step)`` only, so it is the same whatever the other rows.
@@ -329,6 +391,8 @@ def counter_uniform(
     the two halves of splitmix64(seed, step): one hash round per element at run time.
     ``out`` (P * n elements of ``dtype``) is written instead of a fresh tensor: a large
     fresh one costs page faults every call (glibc maps blocks over 32 MiB anew each time).
+    ``fused``: take the compiled single pass (same numbers); None: when
+    :func:`fused_sampler_enabled`.
     """
     lo, hi = interval
     low, high = counter_keys(seeds, step)  # (P, 1), (P, 1)
@@ -337,6 +401,10 @@ def counter_uniform(
         out = torch.empty(P, n, dtype=dtype, device=device)
     out = out.view(P, n)
     index = _index_hashes(n, device)  # (n,)
+    if fused is None:
+        fused = fused_sampler_enabled(P * n, device=device, dtype=out.dtype)
+    if fused and _counter_uniform_fused(index, low, high, out, interval):
+        return out
     rows = P if device.type != "cpu" else max(1, _COUNTER_CHUNK // n)
     for r0 in range(0, P, rows):
         r1 = min(P, r0 + rows)
