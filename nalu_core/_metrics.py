@@ -23,10 +23,15 @@ def population_mse(
     *,
     population: int,
     relative: bool = False,
+    per_replica_targets: bool = False,
+    shifts: Sequence[int] | None = None,
 ) -> Tensor:
     """MSE of every replica on one shared set ``x (N, ...)``, ``t (N, out)`` -> ``(P,)``;
     with ``relative`` the mean relative error ``|y - t| / |t|`` instead.
 
+    ``per_replica_targets``: ``t`` is ``(P, N, out)``, replica p's own targets of the shared
+    ``x``. ``shifts``: replica p reads ``x (N, in)`` rolled by ``shifts[p]`` inputs (its
+    subsets sit that far from the set's), gathered one chunk at a time.
     Chunked over samples so that P x N never materialises; a non-finite prediction gives
     an infinite error rather than NaN, so that "worse than anything" sorts correctly. A
     model with ``accepts_groups`` gets the set once, as one group ``(1, n, ...)``: its first
@@ -34,17 +39,31 @@ def population_mse(
     """
     n = x.shape[0]
     grouped = bool(getattr(model, "accepts_groups", False))
-    width = max(x[0].numel(), t[0].numel(), 1)
+    out = (t[0, 0] if per_replica_targets else t[0]).numel()
+    width = max(x[0].numel(), out, 1)
     chunk = max(1, min(n, _EVAL_ELEMENTS // (population * width)))
     total = torch.zeros(population, dtype=torch.float64, device=x.device)
+    index = None
+    if shifts is not None:
+        size = x.shape[-1]
+        rolled = (
+            torch.arange(size, device=x.device) - torch.tensor(shifts, device=x.device)[:, None]
+        )
+        index = rolled % size  # (P, in): replica p's input i is x[..., i - shift_p]
     for start in range(0, n, chunk):
-        xc, tc = x[start : start + chunk], t[start : start + chunk]
-        shared = xc.unsqueeze(0)
-        y = model(shared if grouped else shared.expand(population, *xc.shape))  # (P, n, out)
+        xc = x[start : start + chunk]
+        if index is not None:
+            xs = xc[:, index].transpose(0, 1)  # (P, n, in)
+        elif grouped:
+            xs = xc.unsqueeze(0)  # (1, n, in): one group, every replica
+        else:
+            xs = xc.unsqueeze(0).expand(population, *xc.shape)
+        tc = t[:, start : start + chunk] if per_replica_targets else t[start : start + chunk]
+        y = model(xs)  # (P, n, out)
         diff = (y - tc).double()
         err = (diff.abs() / tc.double().abs() if relative else diff.pow(2)).flatten(1).sum(1)
         total += err
-    mse = total / (n * t[0].numel())
+    mse = total / (n * out)
     return torch.where(torch.isfinite(mse), mse, torch.full_like(mse, math.inf))
 
 

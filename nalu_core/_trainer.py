@@ -137,6 +137,8 @@ class TrainResult:
     train_seconds: float = 0.0
     success_ci_adjusted: tuple[float, float] = (math.nan, math.nan)
     intra_group_correlation: float = math.nan
+    threshold_rule: str | None = None
+    threshold_epsilon: float | None = None
     _best_state: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def metrics(self) -> dict[str, float]:
@@ -151,9 +153,14 @@ class TrainResult:
         for split in ("extrapolation", "interpolation"):
             q25, q50, q75 = quantiles([getattr(s, f"{split}_mse") for s in seeds])
             out |= {f"{split}_mse_median": q50, f"{split}_mse_q25": q25, f"{split}_mse_q75": q75}
-        solved = [float(s.solved_at) for s in seeds if s.solved_at is not None]
-        out["solved_at_median"] = median(solved) if solved else math.nan
-        out["sparsity_error_median"] = median([s.sparsity_error for s in seeds])
+        # as stable-nalu's R summary (_compute_summary.r): over the solved seeds only (a seed
+        # that crossed the threshold once but fails at its best step does not count), R's
+        # median (the mean of the middle two), and the sparsity error's mean
+        solved = [s for s in seeds if s.success and s.solved_at is not None]
+        out["solved_at_median"] = median([float(s.solved_at) for s in solved])  # type: ignore[arg-type]
+        sparsity = [s.sparsity_error for s in solved if math.isfinite(s.sparsity_error)]
+        out["sparsity_error_median"] = median(sparsity)
+        out["sparsity_error_mean"] = sum(sparsity) / len(sparsity) if sparsity else math.nan
         out["threshold"] = math.nan if self.threshold is None else self.threshold
         return out
 
@@ -163,6 +170,8 @@ class TrainResult:
             "schema": "nalu-study/train/1",
             "configuration": self.config.to_dict(),
             "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
+            "threshold_epsilon": self.threshold_epsilon,
             "steps": self.steps,
             "train_seconds": self.train_seconds,
             "success_rate": self.success_rate,
@@ -233,12 +242,14 @@ class PopulationTrainer:
     def __init__(self, config: RunConfig, *, task: Task | None = None) -> None:
         self.config = config
         self.train_config: TrainConfig = config.train
-        self.task = task if task is not None else build_task(config.task)
+        task = task if task is not None else build_task(config.task)
         self.device = resolve_device(self.train_config.device)
         self.dtype = resolve_dtype(self.train_config.dtype)
         self.population = P = self.train_config.seeds
         seeds = [self.train_config.seed + p for p in range(P)]
         self.seeds = seeds
+        # e.g. the static task's per-seed subset offsets (stable-nalu draws them per seed)
+        self.task = task.for_replicas(seeds)
         self.init_generators = [self._generator(s) for s in seeds]
         self.data_generators = [self._generator(s + _DATA_SEED_OFFSET) for s in seeds]
         # G groups of P/G replicas; group g draws from its first replica's stream
@@ -447,7 +458,13 @@ class PopulationTrainer:
 
     def _evaluate_mse(self) -> dict[str, Tensor]:
         return {
-            split: population_mse(self.network, x, t, population=self.population)
+            split: population_mse(
+                self.network,
+                x,
+                t,
+                population=self.population,
+                per_replica_targets=self.task.per_replica_targets,
+            )
             for split, (x, t) in self.eval_sets.items()
         }
 
@@ -583,6 +600,8 @@ class PopulationTrainer:
             division_probe=probe,
             steps=self.step,
             train_seconds=self.train_seconds,
+            threshold_rule=self.task.threshold_rule_name(),
+            threshold_epsilon=getattr(self.task, "epsilon", None),
             _best_state=self._best_replica_state(),
         )
 
@@ -606,8 +625,17 @@ class PopulationTrainer:
         keep = ~self.diverged
         out = []
         for b in bins:
-            mse = population_mse(self.network, b.x, b.t, population=self.population)
-            rel = population_mse(self.network, b.x, b.t, population=self.population, relative=True)
+            mse, rel = (
+                population_mse(
+                    self.network,
+                    b.x,
+                    b.t,
+                    population=self.population,
+                    relative=relative,
+                    shifts=b.shifts,
+                )
+                for relative in (False, True)
+            )
             mse_kept = mse[keep].tolist()
             rel_kept = rel[keep].tolist()
             out.append(

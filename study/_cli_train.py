@@ -16,7 +16,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nalu_core import ConfigError, ModelConfig, RunConfig, TaskConfig, TrainConfig
+from nalu_core import (
+    UNITS,
+    ConfigError,
+    LayerConfig,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+    get_unit,
+)
 
 # where a ConfigError's field comes from on the command line
 _FIELD_FLAGS: dict[str, str] = {
@@ -44,6 +53,16 @@ _TRAIN_FLAGS = {
     "eval_every",
     "device",
 }
+
+
+_UNIT_HELP = (
+    "One unit for every layer (with --depth), or a comma-separated per-layer stack such as "
+    "nau,nmu (depth = number of units). Units: "
+    + ", ".join(sorted(name for name, spec in UNITS.items() if spec.kind == "layer"))
+    + "; recurrent cells for the sequence tasks: "
+    + ", ".join(sorted(name for name, spec in UNITS.items() if spec.kind == "recurrent"))
+    + ". See `nalu-study units`."
+)
 
 
 def _flag_for(field: str | None) -> str:
@@ -119,23 +138,87 @@ def build_run_config(base: RunConfig, **flags: Any) -> RunConfig:
     options |= task_options
     task = TaskConfig(name=name, op=flags["op"] or base.task.op, options=options)
 
-    model = base.model
-    if flags["unit"] is not None or flags["depth"] is not None or unit_options:
-        first = model.layers[0]
-        unit = flags["unit"] or first.unit
-        layer_options = dict(first.options) if unit == first.unit else {}
-        model = ModelConfig.stacked(
-            unit,
-            depth=flags["depth"] if flags["depth"] is not None else model.depth,
-            hidden_size=model.hidden_size,
-            options=layer_options | unit_options,
-        )
+    model = _build_model(base.model, flags["unit"], flags["depth"], unit_options)
     if flags["hidden_size"] is not None:
         model = ModelConfig(layers=model.layers, hidden_size=flags["hidden_size"])
 
     train_changes = {k: flags[k] for k in _TRAIN_FLAGS if flags.get(k) is not None}
     train: TrainConfig = dataclasses.replace(base.train, **train_changes)
     return RunConfig(task=task, model=model, train=train)
+
+
+def _parse_units(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise ConfigError(
+            f"expected one unit name or a comma-separated stack such as nau,nmu, got {text!r}",
+            field="model.layers[0].unit",
+        )
+    for i, name in enumerate(names):
+        get_unit(name, field=f"model.layers[{i}].unit")
+    return names
+
+
+def _build_model(
+    model: ModelConfig, unit: str | None, depth: int | None, unit_options: dict[str, Any]
+) -> ModelConfig:
+    """``--unit a`` keeps today's meaning (``depth`` layers of one unit); ``--unit a,b`` is a
+    per-layer stack whose depth is the number of names. ``--option key=value`` goes to every
+    layer whose unit declares ``key`` (an error when none does)."""
+    if unit is None and depth is None and not unit_options:
+        return model
+    names = _parse_units(unit) if unit is not None else None
+    if names is not None and len(names) > 1:
+        if depth is not None and depth != len(names):
+            raise ConfigError(
+                f"--depth {depth} disagrees with the {len(names)} units of --unit {unit}; "
+                "the stack's depth is the number of units",
+                field="depth",
+            )
+        layers = [
+            LayerConfig(unit=name, options=_kept_options(model, i, name))
+            for i, name in enumerate(names)
+        ]
+    elif (
+        names is not None
+        or (depth is not None and depth != model.depth)
+        or len({layer.unit for layer in model.layers}) == 1
+    ):
+        single = names[0] if names is not None else model.layers[0].unit
+        stacked = ModelConfig.stacked(
+            single,
+            depth=depth if depth is not None else model.depth,
+            hidden_size=model.hidden_size,
+            options=_kept_options(model, 0, single),
+        )
+        layers = list(stacked.layers)
+    else:
+        # only --option on a mixed stack from --config: keep its units
+        layers = list(model.layers)
+    if unit_options:
+        layers = _apply_options(layers, unit_options)
+    return ModelConfig(layers=tuple(layers), hidden_size=model.hidden_size)
+
+
+def _kept_options(model: ModelConfig, i: int, unit: str) -> dict[str, Any]:
+    # a layer keeps the config file's options only when its unit is unchanged
+    if i < model.depth and model.layers[i].unit == unit:
+        return dict(model.layers[i].options)
+    return {}
+
+
+def _apply_options(layers: list[LayerConfig], options: dict[str, Any]) -> list[LayerConfig]:
+    out = [dict(layer.options) for layer in layers]
+    for key, value in options.items():
+        takers = [i for i, layer in enumerate(layers) if key in get_unit(layer.unit).options]
+        if not takers:
+            # let the registry name the field and list the first layer's allowed options
+            takers = [0]
+        for i in takers:
+            out[i][key] = value
+    return [
+        LayerConfig(unit=layer.unit, options=opts) for layer, opts in zip(layers, out, strict=True)
+    ]
 
 
 def _validate(config: RunConfig) -> None:
@@ -198,9 +281,7 @@ def _summary(console: Console, result: Any) -> None:
 
 
 def train(
-    unit: Annotated[
-        str | None, typer.Option(help="Unit of every layer (nau, nmu, nalu, mlp, ...).")
-    ] = None,
+    unit: Annotated[str | None, typer.Option(help=_UNIT_HELP)] = None,
     task: Annotated[
         str | None, typer.Option(help="Registered task name (default static).")
     ] = None,

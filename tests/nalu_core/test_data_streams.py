@@ -30,10 +30,18 @@ from nalu_core._units import ungroup
 
 
 def _config(
-    units: tuple[str, ...], op: str, input_size: int, seeds: int, steps: int, **train: object
+    units: tuple[str, ...],
+    op: str,
+    input_size: int,
+    seeds: int,
+    steps: int,
+    *,
+    subset_offset: str = "seed",
+    **train: object,
 ) -> RunConfig:
+    options = {"input_size": input_size, "subset_offset": subset_offset}
     return RunConfig(
-        task=TaskConfig(name="static", op=op, options={"input_size": input_size}),
+        task=TaskConfig(name="static", op=op, options=options),
         model=ModelConfig(layers=tuple(LayerConfig(unit=u) for u in units), hidden_size=2),
         train=TrainConfig(
             seeds=seeds,
@@ -54,42 +62,60 @@ def _digest(trainer: PopulationTrainer) -> str:
     return h.hexdigest()[:16]
 
 
-# Recorded with the trainer before data streams existed (main at 20d8795, one torch thread,
-# this machine's CPU): a digest of the final parameters of every replica.
-PRE_CHANGE = [
-    ((("nau", "nmu"), "mul", 10, 4, 200), "eaabcd9a6c4c733b"),
-    ((("nalu", "nalu"), "add", 10, 3, 150), "1db123dd5160cd95"),
-    ((("nac_mul", "nau"), "mul", 6, 2, 100), "5a1e7a7e05cb02b0"),
-    ((("nau", "nmu"), "mul", 100, 8, 100), "107aa6cac5e2db72"),
-    ((("nalu", "nalu"), "add", 100, 4, 60), "5c2fb64cafa8f499"),
+# Digests of the final parameters of every replica, recorded with the trainer before data
+# streams existed (one torch thread, this machine's CPU): "fixed" subsets with main at
+# 20d8795, per-seed subsets with issue-14 at 6dabc92 (where per-replica targets came in).
+CASES = [
+    (("nau", "nmu"), "mul", 10, 4, 200),
+    (("nalu", "nalu"), "add", 10, 3, 150),
+    (("nac_mul", "nau"), "mul", 8, 2, 100),
+    (("nau", "nmu"), "mul", 100, 8, 100),
+    (("nalu", "nalu"), "add", 100, 4, 60),
 ]
+PRE_CHANGE = {
+    "fixed": [
+        "eaabcd9a6c4c733b",
+        "1db123dd5160cd95",
+        "8c9ed7ffd11f4984",
+        "107aa6cac5e2db72",
+        "5c2fb64cafa8f499",
+    ],
+    "seed": [
+        "97693be69955761c",
+        "d0aa7c49da4a98b4",
+        "21bbd201a0342de5",
+        "b1dceb9f45edac79",
+        "a7429cd1d38bbffa",
+    ],
+}
 
 
-@pytest.mark.parametrize(("args", "digest"), PRE_CHANGE)
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("subsets", ["fixed", "seed"])
 @pytest.mark.parametrize("streams", ["default", "P", "P-fused"])
 def test_one_stream_per_seed_is_the_pre_change_trainer_bit_for_bit(
-    args: tuple[tuple[str, ...], str, int, int, int],
-    digest: str,
-    streams: str,
-    monkeypatch: pytest.MonkeyPatch,
+    case: int, subsets: str, streams: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    units, op, input_size, seeds, steps = args
+    units, op, input_size, seeds, steps = CASES[case]
     extra = {} if streams == "default" else {"data_streams": seeds}
     if streams == "P-fused":
         monkeypatch.setenv("NALU_FUSED_SAMPLER", "1")  # the compiled sampler at any size
-    trainer = PopulationTrainer(_config(units, op, input_size, seeds, steps, **extra))
-    assert _digest(trainer) == digest
+    config = _config(units, op, input_size, seeds, steps, subset_offset=subsets, **extra)
+    assert _digest(PopulationTrainer(config)) == PRE_CHANGE[subsets][case]
 
 
 def test_replicas_of_a_group_share_their_batch_and_groups_differ() -> None:
     trainer = PopulationTrainer(_config(("nau", "nau"), "add", 20, 8, 10, data_streams=2))
     x, t = trainer._sample()
-    assert x.shape == (2, 128, 20) and t.shape == (2, 128, 1)
+    # one batch per group; per-seed subsets: every replica's own targets of its group's x
+    assert x.shape == (2, 128, 20) and t.shape == (8, 128, 1)
     assert not torch.equal(x[0], x[1])
+    assert torch.equal(t, trainer.task._target(ungroup(x, 8)))
     # group g draws the stream of its first replica, seed + g * P / G
     independent = PopulationTrainer(_config(("nau", "nau"), "add", 20, 8, 10))
-    xi, _ = independent._sample()
+    xi, ti = independent._sample()
     assert torch.equal(x[0], xi[0]) and torch.equal(x[1], xi[4])
+    assert torch.equal(t[0], ti[0]) and torch.equal(t[4], ti[4])
 
 
 def _rebatched(trainer: PopulationTrainer, groups: int) -> None:
@@ -97,10 +123,10 @@ def _rebatched(trainer: PopulationTrainer, groups: int) -> None:
     sample = trainer._sample
 
     def grouped_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        x, t = sample()  # (P, B, in) from the P leaders' streams
+        x, _ = sample()  # (P, B, in) from every replica's own stream
         size = trainer.population // groups
-        leaders = x[::size], t[::size]
-        return ungroup(leaders[0], trainer.population), ungroup(leaders[1], trainer.population)
+        x = ungroup(x[::size], trainer.population)  # each replica gets its leader's batch
+        return x, trainer.task._target(x)  # each replica's own targets (per-seed subsets)
 
     trainer._sample = grouped_batch  # type: ignore[method-assign]
 
@@ -113,6 +139,7 @@ def test_grouped_training_matches_replicas_fed_their_groups_batch(
 ) -> None:
     P, G = 6, 2
     grouped = PopulationTrainer(_config(units, "mul", 30, P, 60, data_streams=G))
+    assert grouped.task.per_replica_targets  # per-seed subsets: targets differ in a group
     reference = PopulationTrainer(_config(units, "mul", 30, P, 60))
     _rebatched(reference, G)
     a, b = list(grouped.run()), list(reference.run())

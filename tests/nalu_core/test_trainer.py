@@ -111,7 +111,8 @@ def test_nau_learns_addition_and_the_result_is_json() -> None:
     result = trainer.result()
     assert result.success_rate == 1.0
     assert reports[-1].success == [True] * 4
-    assert result.threshold is not None and result.threshold < 1e-8
+    assert result.threshold is not None and result.threshold < 1e-6
+    assert result.threshold_rule == "mistry2022"
     assert all(s.solved_at is not None and s.solved_at <= 500 for s in result.seeds)
     assert result.metrics()["threshold"] == result.threshold
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
