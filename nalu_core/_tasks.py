@@ -737,9 +737,12 @@ class StaticArithmetic(Task):
         )  # (P, in, 2)
         P, groups = masks.shape[0], x.shape[0]
         if x.dim() == 3 and groups not in (1, P):
-            # x (G, B, in) shared by groups of P/G replicas (TrainConfig.data_streams)
-            grouped = x.unsqueeze(1) @ masks.view(groups, P // groups, *masks.shape[1:])
-            ab = grouped.view(P, x.shape[1], 2)  # (G, P/G, B, 2) -> (P, B, 2)
+            # x (G, B, in) shared by groups of P/G replicas (TrainConfig.data_streams): one
+            # GEMM per group against its replicas' masks side by side, (G, in, P/G·2)
+            size, B = P // groups, x.shape[1]
+            stacked = masks.view(groups, size, self.input_size, 2).permute(0, 2, 1, 3)
+            ab = torch.bmm(x, stacked.reshape(groups, self.input_size, size * 2))
+            ab = ab.view(groups, B, size, 2).transpose(1, 2).reshape(P, B, 2)
         else:
             ab = x @ masks  # (P, B, 2); a shared (N, in) or (1, B, in) broadcasts
         return ab[..., 0:1], ab[..., 1:2]

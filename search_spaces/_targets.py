@@ -29,7 +29,7 @@ TargetKind = Literal[
 
 # the study spec owns these: every trial of a study trains the same seeds for the same steps
 STUDY_TRAIN_FIELDS = frozenset(
-    {"seeds", "seed", "steps", "eval_every", "eval_samples", "device", "dtype"}
+    {"seeds", "seed", "steps", "eval_every", "eval_samples", "device", "dtype", "data_streams"}
 )
 TRAIN_FIELDS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if f.name not in STUDY_TRAIN_FIELDS

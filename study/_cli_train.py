@@ -52,6 +52,7 @@ _TRAIN_FLAGS = {
     "clip_value",
     "eval_every",
     "device",
+    "data_streams",
 }
 
 
@@ -258,6 +259,13 @@ def _summary(console: Console, result: Any) -> None:
         "success rate (Wilson 95% CI)",
         f"{successes}/{n} = {m['success_rate']:.0%} [{lo:.0%}, {hi:.0%}]",
     )
+    if result.config.train.data_streams not in (None, n):
+        lo_adj, hi_adj = result.success_ci_adjusted
+        table.add_row(
+            f"  adjusted for {result.config.train.data_streams} shared streams",
+            f"[{lo_adj:.0%}, {hi_adj:.0%}], intra-group correlation "
+            f"{_fmt(result.intra_group_correlation)}",
+        )
     table.add_row("threshold (extrapolation MSE)", _fmt(result.threshold))
     table.add_row("median extrapolation MSE", _fmt(m["extrapolation_mse_median"]))
     table.add_row("median interpolation MSE", _fmt(m["interpolation_mse_median"]))
@@ -317,6 +325,13 @@ def train(
     ] = None,
     clip_value: Annotated[float | None, typer.Option(help="Clipping bound.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations.")] = None,
+    data_streams: Annotated[
+        int | None,
+        typer.Option(
+            help="G groups of seeds/G replicas sharing one batch per step (default: one "
+            "stream per seed); the result adds a design-effect-adjusted interval."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
     config: Annotated[Path | None, typer.Option(help="RunConfig YAML; flags override it.")] = None,
     json_path: Annotated[
@@ -366,6 +381,7 @@ def train(
             clip=clip,
             clip_value=clip_value,
             eval_every=eval_every,
+            data_streams=data_streams,
             device=device,
             unit_options=_parse_pairs(option or [], "--option"),
             task_options=_parse_pairs(task_option or [], "--task-option"),

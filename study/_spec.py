@@ -107,6 +107,8 @@ class TrainingSpec:
     eval_every: int = 500
     checkpoint_every: int = 2
     max_failures: int = 2
+    # G groups of seeds/G replicas sharing one batch per step (None: one stream per seed)
+    data_streams: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def train_overrides(self) -> dict[str, Any]:
@@ -115,6 +117,7 @@ class TrainingSpec:
             "seeds": self.seeds,
             "steps": self.steps,
             "eval_every": self.eval_every,
+            "data_streams": self.data_streams,
         }
 
 
@@ -365,14 +368,23 @@ def _try_build(where: str, build: Callable[[], object]) -> None:
 
 def _parse_training(data: object) -> TrainingSpec:
     data = _mapping(data, "training")
-    keys = ("seeds", "steps", "eval_every", "checkpoint_every", "max_failures", "options")
+    keys = (
+        "seeds",
+        "steps",
+        "eval_every",
+        "checkpoint_every",
+        "max_failures",
+        "data_streams",
+        "options",
+    )
     _only(data, keys, "training")
     defaults = TrainingSpec()
     values = {k: data.get(k, getattr(defaults, k)) for k in keys[:-1]}
     for key, value in values.items():
-        _int(value, f"training.{key}", minimum=0 if key == "max_failures" else 1)
+        if not (key == "data_streams" and value is None):
+            _int(value, f"training.{key}", minimum=0 if key == "max_failures" else 1)
     options = dict(_mapping(data.get("options"), "training.options"))
-    clash = sorted(set(options) & {"seeds", "steps", "eval_every"})
+    clash = sorted(set(options) & {"seeds", "steps", "eval_every", "data_streams"})
     if clash:
         raise _fail("set it in training, not in training.options", f"training.options.{clash[0]}")
     spec = TrainingSpec(**values, options=options)
