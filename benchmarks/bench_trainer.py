@@ -148,12 +148,16 @@ def per_seed_rate(model_name: str, dim: int, *, seconds: float, device: str) -> 
 # --- the population trainer ---------------------------------------------------------------
 
 
+SUBSET_OFFSET = {"value": "seed"}  # set from --subset-offset
+
+
 def population_trainer(
     model_name: str, dim: int, population: int, *, device: str, streams: int | None = None
 ) -> PopulationTrainer:
     first, second, op = MODELS[model_name]
+    options = {"input_size": dim, "subset_offset": SUBSET_OFFSET["value"]}
     config = RunConfig(
-        task=TaskConfig(name="static", op=op, options={"input_size": dim}),
+        task=TaskConfig(name="static", op=op, options=options),
         model=ModelConfig(
             layers=(LayerConfig(unit=first), LayerConfig(unit=second)), hidden_size=HIDDEN
         ),
@@ -470,6 +474,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "model": args.model,
+        "subset_offset": args.subset_offset,
         "thread_scaling": scaling,
         "single_stream_sampling": args.single_stream_sampling,
         "rows": rows,
@@ -495,6 +500,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="data streams per row: P (one per replica) or a number of groups",
     )
     parser.add_argument("--thread-scaling-dims", type=int, nargs="*", default=[])
+    parser.add_argument(
+        "--subset-offset",
+        choices=("seed", "fixed"),
+        default="seed",
+        help="the static task's subset placement: per seed (the protocol) or one for all",
+    )
     parser.add_argument("--threads-max", type=int, default=2)
     parser.add_argument("--populations", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096])
     parser.add_argument("--dims", type=int, nargs="+", default=[100, 2])
@@ -520,6 +531,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    SUBSET_OFFSET["value"] = args.subset_offset
     torch.set_num_threads(args.threads)
     report = run(args)
     if args.json is not None:

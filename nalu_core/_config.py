@@ -216,10 +216,10 @@ class TrainConfig:
                     f"data_streams must be an int >= 1 or null, got {streams!r}",
                     field="data_streams",
                 )
-            if self.seeds % streams:
+            seeds = self.seeds
+            if seeds % streams:
                 raise ConfigError(
-                    f"data_streams must divide seeds into equal groups: {self.seeds=} "
-                    f"{self.data_streams=}",
+                    f"data_streams must divide seeds into equal groups: {seeds=} {streams=}",
                     field="data_streams",
                 )
         _check_choice("optimizer", self.optimizer, OptimizerName)
