@@ -736,7 +736,7 @@ class StaticArithmetic(Task):
             x.dtype,
         )  # (P, in, 2)
         P, groups = masks.shape[0], x.shape[0]
-        if x.dim() == 3 and groups not in (1, P):
+        if x.dim() == 3 and groups != P:
             # x (G, B, in) shared by groups of P/G replicas (TrainConfig.data_streams): one
             # GEMM per group against its replicas' masks side by side, (G, in, P/G·2)
             size, B = P // groups, x.shape[1]
@@ -744,7 +744,7 @@ class StaticArithmetic(Task):
             ab = torch.bmm(x, stacked.reshape(groups, self.input_size, size * 2))
             ab = ab.view(groups, B, size, 2).transpose(1, 2).reshape(P, B, 2)
         else:
-            ab = x @ masks  # (P, B, 2); a shared (N, in) or (1, B, in) broadcasts
+            ab = x @ masks  # (P, B, 2); a shared (N, in) broadcasts to (P, N, 2)
         return ab[..., 0:1], ab[..., 1:2]
 
     def _target(self, x: Tensor) -> Tensor:
