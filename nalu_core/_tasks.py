@@ -348,7 +348,7 @@ def _index_hashes(n: int, device: torch.device) -> Tensor:
 # tests/nalu_core/test_data_streams.py). Without a working compiler the plain path runs.
 # NALU_FUSED_SAMPLER=0 turns it off, =1 uses it for any size (the default: large draws).
 
-_FUSED_MIN_ELEMENTS = 1 << 20
+_FUSED_MIN_ELEMENTS = 1 << 18
 _fused_state: dict[str, Any] = {}
 
 
@@ -555,6 +555,24 @@ def _subset_masks(
     return masks.to(device)
 
 
+@functools.lru_cache(maxsize=64)
+def _grouped_masks(
+    offsets: tuple[int, ...],
+    size: int,
+    shared: int,
+    input_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    groups: int,
+) -> Tensor:
+    """:func:`_subset_masks` as one matrix per group, its replicas side by side:
+    (G, in, P/G·2), so that a group's shared batch meets all its replicas in one GEMM."""
+    masks = _subset_masks(offsets, size, shared, input_size, device, dtype)  # (P, in, 2)
+    per_group = len(offsets) // groups
+    stacked = masks.view(groups, per_group, input_size, 2).permute(0, 2, 1, 3)
+    return stacked.reshape(groups, input_size, per_group * 2)
+
+
 @dataclass(frozen=True, kw_only=True)
 class StaticArithmetic(Task):
     """``t = a ∘ b`` with ``a``, ``b`` sums of two subsets of ``x ~ U(range)^input_size``.
@@ -727,24 +745,23 @@ class StaticArithmetic(Task):
         bound, from ``x (P, B, in)`` or a shared ``x (N, in)``."""
         if self.replica_offsets is None:
             return _subset_sum(x, self.a_slice), _subset_sum(x, self.b_slice)
-        masks = _subset_masks(
+        key = (
             self.replica_offsets,
             self.subset_size,
             self.shared_size,
             self.input_size,
             x.device,
             x.dtype,
-        )  # (P, in, 2)
-        P, groups = masks.shape[0], x.shape[0]
+        )
+        P, groups = len(self.replica_offsets), x.shape[0]
         if x.dim() == 3 and groups != P:
             # x (G, B, in) shared by groups of P/G replicas (TrainConfig.data_streams): one
-            # GEMM per group against its replicas' masks side by side, (G, in, P/G·2)
+            # GEMM per group against its replicas' masks side by side
             size, B = P // groups, x.shape[1]
-            stacked = masks.view(groups, size, self.input_size, 2).permute(0, 2, 1, 3)
-            ab = torch.bmm(x, stacked.reshape(groups, self.input_size, size * 2))
+            ab = torch.bmm(x, _grouped_masks(*key, groups))  # (G, B, P/G·2)
             ab = ab.view(groups, B, size, 2).transpose(1, 2).reshape(P, B, 2)
         else:
-            ab = x @ masks  # (P, B, 2); a shared (N, in) broadcasts to (P, N, 2)
+            ab = x @ _subset_masks(*key)  # (P, B, 2); a shared (N, in) broadcasts (P, N, 2)
         return ab[..., 0:1], ab[..., 1:2]
 
     def _target(self, x: Tensor) -> Tensor:
