@@ -17,15 +17,14 @@ import abc
 import dataclasses
 import functools
 import math
-import os
 import re
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
 
+from nalu_core import _fused
 from nalu_core._config import ModelConfig, TaskConfig
 from nalu_core._errors import ConfigError
 
@@ -341,15 +340,7 @@ def _index_hashes(n: int, device: torch.device) -> Tensor:
 
 
 # --- the fused sampler: the hash and the range map as one compiled pass (CPU, float32) ---
-#
-# torch.compile (inductor) turns _hash_into into one vectorised C++ loop that writes straight
-# into the caller's buffer: no int32 temporaries, no per-step allocation. Its integer ops
-# wrap like torch's and its float map rounds like the plain path (pinned bit for bit by
-# tests/nalu_core/test_data_streams.py). Without a working compiler the plain path runs.
-# NALU_FUSED_SAMPLER=0 turns it off, =1 uses it for any size (the default: large draws).
-
-_FUSED_MIN_ELEMENTS = 1 << 18
-_fused_state: dict[str, Any] = {}
+# (nalu_core._fused): no int32 temporaries, no per-step allocation, the plain numbers.
 
 
 def _hash_into(
@@ -364,39 +355,9 @@ def _hash_into(
     out.copy_(torch.mul(z & 0xFFFFFF, scale) + lo)
 
 
-def _fused_kernel() -> Callable[..., None] | None:
-    if "kernel" not in _fused_state:
-        # dynamic: one kernel for every population size, batch and range (a specialised one
-        # per shape would hit dynamo's recompile limit in a process that builds many)
-        _fused_state["kernel"] = torch.compile(_hash_into, dynamic=True, fullgraph=True)
-    kernel: Callable[..., None] | None = _fused_state["kernel"]
-    return kernel
-
-
 def fused_sampler_enabled(elements: int, *, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`counter_uniform` takes the compiled pass for a draw of this size."""
-    setting = os.environ.get("NALU_FUSED_SAMPLER", "")
-    if setting == "0" or device.type != "cpu" or dtype != torch.float32:
-        return False
-    if _fused_state.get("kernel", True) is None:  # it failed to compile once
-        return False
-    return setting == "1" or elements >= _FUSED_MIN_ELEMENTS
-
-
-def _counter_uniform_fused(
-    index: Tensor, low: Tensor, high: Tensor, out: Tensor, interval: Interval
-) -> bool:
-    kernel = _fused_kernel()
-    if kernel is None:
-        return False
-    lo, hi = interval
-    try:
-        kernel(index, low, high, out, (hi - lo) * 2.0**-24, lo)
-    except Exception as err:  # noqa: BLE001 - any compiler failure: the plain path stays
-        _fused_state["kernel"] = None
-        warnings.warn(f"fused sampler unavailable, using the plain path: {err}", stacklevel=3)
-        return False
-    return True
+    return _fused.enabled("sampler", elements, device=device, dtype=dtype)
 
 
 def counter_uniform(
@@ -428,8 +389,11 @@ def counter_uniform(
     index = _index_hashes(n, device)  # (n,)
     if fused is None:
         fused = fused_sampler_enabled(P * n, device=device, dtype=out.dtype)
-    if fused and _counter_uniform_fused(index, low, high, out, interval):
-        return out
+    if fused:
+        lo_f, hi_f = interval
+        scale = (hi_f - lo_f) * 2.0**-24
+        if _fused.run("sampler", _hash_into, index, low, high, out, scale, lo_f)[0]:
+            return out
     rows = P if device.type != "cpu" else max(1, _COUNTER_CHUNK // n)
     for r0 in range(0, P, rows):
         r1 = min(P, r0 + rows)
