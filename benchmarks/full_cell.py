@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smoke_test:
-        args.seeds, args.steps, args.time_limit = 4, 2000, 20.0
+        args.seeds, args.steps, args.time_limit = 4, 200, 20.0
     variant = Variant(
         name="full",
         steps=args.steps,

@@ -83,3 +83,10 @@ def test_bench_study_smoke(tmp_path: Path) -> None:
 def test_bench_dashboard_smoke() -> None:
     proc = _run("bench_dashboard.py", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("script", ["stream_statistics.py", "bench_evaluation.py", "full_cell.py"])
+def test_issue15_benchmarks_smoke(script: str) -> None:
+    extra = ("--device", "cpu") if script == "full_cell.py" else ()
+    proc = _run(script, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
