@@ -510,31 +510,22 @@ def _subset_masks(
     input_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    groups: int = 0,
 ) -> Tensor:
-    """0/1 masks (P, in, 2): column 0 selects replica p's ``a`` subset, column 1 its ``b``."""
+    """0/1 masks (P, in, 2): column 0 selects replica p's ``a`` subset, column 1 its ``b``.
+
+    ``groups`` G > 0: the same masks as one matrix per group of P/G replicas, side by side,
+    (G, in, P/G·2), so that a group's shared batch meets all its replicas in one GEMM."""
+    if groups:
+        masks = _subset_masks(offsets, size, shared, input_size, device, dtype)  # (P, in, 2)
+        per_group = len(offsets) // groups
+        stacked = masks.view(groups, per_group, input_size, 2).permute(0, 2, 1, 3)
+        return stacked.reshape(groups, input_size, per_group * 2)
     masks = torch.zeros(len(offsets), input_size, 2, dtype=dtype)
     for p, offset in enumerate(offsets):
         masks[p, offset : offset + size, 0] = 1
         masks[p, offset + size - shared : offset + 2 * size - shared, 1] = 1
     return masks.to(device)
-
-
-@functools.lru_cache(maxsize=64)
-def _grouped_masks(
-    offsets: tuple[int, ...],
-    size: int,
-    shared: int,
-    input_size: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    groups: int,
-) -> Tensor:
-    """:func:`_subset_masks` as one matrix per group, its replicas side by side:
-    (G, in, P/G·2), so that a group's shared batch meets all its replicas in one GEMM."""
-    masks = _subset_masks(offsets, size, shared, input_size, device, dtype)  # (P, in, 2)
-    per_group = len(offsets) // groups
-    stacked = masks.view(groups, per_group, input_size, 2).permute(0, 2, 1, 3)
-    return stacked.reshape(groups, input_size, per_group * 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -722,7 +713,7 @@ class StaticArithmetic(Task):
             # x (G, B, in) shared by groups of P/G replicas (TrainConfig.data_streams): one
             # GEMM per group against its replicas' masks side by side
             size, B = P // groups, x.shape[1]
-            ab = torch.bmm(x, _grouped_masks(*key, groups))  # (G, B, P/G·2)
+            ab = torch.bmm(x, _subset_masks(*key, groups))  # (G, B, P/G·2)
             ab = ab.view(groups, B, size, 2).transpose(1, 2).reshape(P, B, 2)
         else:
             ab = x @ _subset_masks(*key)  # (P, B, 2); a shared (N, in) broadcasts (P, N, 2)
