@@ -149,11 +149,17 @@ def flags_table() -> str:
     ]
     for row in PUBLISHED_ROWS.values():
         schedule = row.schedule()
-        reg = (
-            "no regulariser"
-            if schedule is None
-            else f"λ̂ = {schedule.lambda_:g} on every layer ({schedule.start:g} → {schedule.end:g})"
-        )
+        if schedule is None:
+            reg = "no regulariser"
+        elif schedule.kind == "geometric":
+            reg = (
+                f"β = {schedule.initial:g} ×{schedule.growth:g} every {schedule.every:g} "
+                f"steps to {schedule.lambda_:g}"
+            )
+        else:
+            reg = (
+                f"λ̂ = {schedule.lambda_:g} on every layer ({schedule.start:g} → {schedule.end:g})"
+            )
         options = [dict(o) for o in row.unit_options if o]
         stack = " → ".join(row.units) + (f" {options}" if options else "")
         clip = "no clip" if row.clip == "none" else f"clip {row.clip} {row.clip_value:g}"

@@ -32,7 +32,8 @@ from nalu_core._config import (
     TrainConfig,
 )
 from nalu_core._errors import ConfigError
-from nalu_core._registry import RegularizerSchedule
+from nalu_core._registry import UNITS, RegularizerSchedule
+from nalu_core._units import NMRU_SCHEDULE, REALNPU_BETA
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +107,11 @@ class PublishedRow:
         schedule = self.schedule()
         # the row's λ̂ for every layer, or 0: a unit's own published schedule must not apply
         reg: dict[str, Any] = {"regularizer_lambda": 0.0}
-        if schedule is not None:
+        own = all(UNITS[unit].regularizer == schedule for unit in self.units)
+        if schedule is not None and own and regularizer_start is regularizer_end is None:
+            # every layer's own schedule is the row's (e.g. the RealNPU's geometric β)
+            reg = {}
+        elif schedule is not None:
             reg = {
                 "regularizer_lambda": schedule.lambda_,
                 "regularizer_start": schedule.start
@@ -242,8 +247,7 @@ PUBLISHED_ROWS: dict[str, PublishedRow] = {
             paper="mistry2022",
             label="Real NPU (baseline)",
             units=("realnpu",),
-            regularizers=(None,),
-            unit_options=({"regularizer": "l1"},),
+            regularizers=(REALNPU_BETA,),  # the unit's own schedule
             lr=5e-3,
             steps=50_000,
             seeds=25,
@@ -259,7 +263,7 @@ PUBLISHED_ROWS: dict[str, PublishedRow] = {
             paper="mistry2022",
             label="NMRU (sign retrieval)",
             units=("nmru",),
-            regularizers=(RegularizerSchedule(lambda_=10.0, start=20_000, end=35_000),),
+            regularizers=(NMRU_SCHEDULE,),  # the unit's own schedule
             unit_options=({"sign_retrieval": True},),
             lr=1e-2,
             clip="norm",

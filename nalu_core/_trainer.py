@@ -10,6 +10,7 @@ element-wise, so a diverged replica can be frozen without touching the others.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from nalu_core._config import RunConfig, TrainConfig
 from nalu_core._device import resolve_device, resolve_dtype
 from nalu_core._metrics import median, population_mse, quantiles, succeeded, wilson_interval
 from nalu_core._optim import PopulationOptimizer
+from nalu_core._registry import RegularizerSchedule
 from nalu_core._tasks import PopulationModule, ProbeBin, Task, build_task
 
 Tensor = torch.Tensor
@@ -168,31 +170,20 @@ class TrainResult:
         return dict(self._best_state)
 
 
-@dataclass(frozen=True)
-class _Schedule:
-    """λ = λ̂ · clip((t − start)/(end − start), 0, 1) for one layer."""
-
-    lambda_: float
-    start: int
-    end: int
-
-    def weight(self, step: int) -> float:
-        if self.lambda_ == 0:
-            return 0.0
-        if self.end <= self.start:
-            return self.lambda_ if step >= self.start else 0.0
-        return self.lambda_ * min(max((step - self.start) / (self.end - self.start), 0.0), 1.0)
-
-
-def _schedules(config: RunConfig) -> list[_Schedule]:
-    """One schedule per layer: TrainConfig values where given, else the unit's published one."""
+def _schedules(config: RunConfig) -> list[RegularizerSchedule]:
+    """One schedule per layer: the unit's published one (any kind) unless TrainConfig sets
+    ``regularizer_*``, which then give a linear schedule (unset fields from the unit's)."""
     from nalu_core._registry import UNITS
 
     train = config.train
+    override = (train.regularizer_lambda, train.regularizer_start, train.regularizer_end)
     out = []
     for layer in config.model.layers:
         spec = UNITS.get(layer.unit)
         published = spec.regularizer if spec is not None else None
+        if published is not None and all(v is None for v in override):
+            out.append(published)
+            continue
         lam = train.regularizer_lambda
         if lam is None:
             lam = published.lambda_ if published is not None else 0.0
@@ -202,8 +193,22 @@ def _schedules(config: RunConfig) -> list[_Schedule]:
         end = train.regularizer_end
         if end is None:
             end = published.end if published is not None and published.end >= start else start
-        out.append(_Schedule(float(lam), int(start), int(end)))
+        out.append(RegularizerSchedule(lambda_=float(lam), start=int(start), end=int(end)))
     return out
+
+
+@contextlib.contextmanager
+def _eval_mode(module: object) -> Iterator[None]:
+    """``module.eval()`` for the duration (e.g. the NMRU's exact reciprocal at evaluation)."""
+    train = getattr(module, "train", None)
+    was = bool(getattr(module, "training", True))
+    if train is not None:
+        train(False)
+    try:
+        yield
+    finally:
+        if train is not None:
+            train(was)
 
 
 def _replica_view(mask: Tensor, like: Tensor) -> Tensor:
@@ -266,6 +271,8 @@ class PopulationTrainer:
         self.diverged_at = minus_one.clone()
         self.stalled = torch.zeros(P, dtype=torch.long, device=self.device)
         self.stall_reference = inf.clone()
+        # the interpolation MSE of the last evaluation (a gated regulariser reads it)
+        self.last_interpolation = inf.clone()
         self.best_params = {n: p.detach().clone() for n, p in self.network.named_parameters()}
 
     # --- set-up -------------------------------------------------------------------------
@@ -326,9 +333,18 @@ class PopulationTrainer:
         weights = [s.weight(self.step) for s in self.schedules]
         if not any(weights):
             return None
+        gated = any(s.max_interpolation_mse is not None for s in self.schedules)
         layers = getattr(self.network, "layers", None)
-        if layers is not None and len(layers) == len(weights) and len(set(weights)) > 1:
-            terms = [w * layer.regularization() for w, layer in zip(weights, layers, strict=True)]
+        if layers is not None and len(layers) == len(weights) and (len(set(weights)) > 1 or gated):
+            terms = []
+            for w, s, layer in zip(weights, self.schedules, layers, strict=True):
+                if w == 0:
+                    continue
+                term = w * layer.regularization()  # (P,)
+                if s.max_interpolation_mse is not None:
+                    # Schlör's iNALU term: only replicas whose fit is already close
+                    term = term * (self.last_interpolation < s.max_interpolation_mse)
+                terms.append(term)
             return torch.stack(terms).sum(0)  # (P,)
         return weights[-1] * self.network.regularization()  # (P,)
 
@@ -424,6 +440,10 @@ class PopulationTrainer:
     # --- evaluation ---------------------------------------------------------------------
 
     def _evaluate_mse(self) -> dict[str, Tensor]:
+        with _eval_mode(self.network):
+            return self._evaluate_splits()
+
+    def _evaluate_splits(self) -> dict[str, Tensor]:
         return {
             split: population_mse(
                 self.network,
@@ -441,6 +461,7 @@ class PopulationTrainer:
         inf = torch.full_like(mse["interpolation"], math.inf)
         interp = torch.where(diverged, inf, mse["interpolation"])  # (P,)
         extrap = torch.where(diverged, inf, mse["extrapolation"])  # (P,)
+        self.last_interpolation = interp
         improved = interp < self.best_interpolation
         self.best_interpolation = torch.where(improved, interp, self.best_interpolation)
         self.best_extrapolation = torch.where(improved, extrap, self.best_extrapolation)
@@ -584,6 +605,10 @@ class PopulationTrainer:
         if not bins:
             return None
         keep = ~self.diverged
+        with _eval_mode(self.network):
+            return self._probe_bins(bins, keep)
+
+    def _probe_bins(self, bins: list[ProbeBin], keep: Tensor) -> dict[str, Any]:
         out = []
         for b in bins:
             mse, rel = (
@@ -623,6 +648,7 @@ class PopulationTrainer:
         "diverged_at",
         "stalled",
         "stall_reference",
+        "last_interpolation",
     )
 
     def state_dict(self) -> dict[str, Any]:
@@ -657,7 +683,8 @@ class PopulationTrainer:
         for g, s in zip(self.data_generators, state["data_generators"], strict=True):
             g.set_state(s)
         for key in self._TRACKING:
-            setattr(self, key, state["tracking"][key].clone().to(self.device))
+            if key in state["tracking"]:  # older states lack last_interpolation
+                setattr(self, key, state["tracking"][key].clone().to(self.device))
         self.step = int(state["step"])
         self.train_seconds = float(state["train_seconds"])
         self.baseline = dict(state["baseline"])

@@ -14,7 +14,7 @@ from nalu_core import (
     TaskConfig,
     TrainConfig,
 )
-from nalu_core._trainer import _Schedule
+from nalu_core._registry import RegularizerSchedule
 
 
 def _config(unit: str = "nau", op: str = "add", *, depth: int = 1, **train: object) -> RunConfig:
@@ -185,12 +185,12 @@ def test_stalled_replicas_are_reinitialised() -> None:
 
 
 def test_regulariser_schedule_ramps_linearly() -> None:
-    schedule = _Schedule(0.01, 5000, 50000)
+    schedule = RegularizerSchedule(lambda_=0.01, start=5000, end=50000)
     assert schedule.weight(0) == 0.0
     assert schedule.weight(27500) == pytest.approx(0.005)
     assert schedule.weight(10**6) == 0.01
-    assert _Schedule(1.0, 10, 10).weight(9) == 0.0
-    assert _Schedule(1.0, 10, 10).weight(10) == 1.0
+    assert RegularizerSchedule(lambda_=1.0, start=10, end=10).weight(9) == 0.0
+    assert RegularizerSchedule(lambda_=1.0, start=10, end=10).weight(10) == 1.0
 
 
 @pytest.mark.gpu
