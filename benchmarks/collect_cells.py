@@ -7,7 +7,7 @@ success with its Wilson interval and the solved-at median (over solved seeds, R'
 next to Madsen & Johansen's published figures.
 
     python benchmarks/collect_cells.py --study madsen-full-nmu --workdir studies \\
-        --out benchmarks/results/madsen-full
+        --out benchmarks/results/madsen-study
 """
 
 from __future__ import annotations
@@ -84,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", action="append", default=[], help="repeatable")
     parser.add_argument("--workdir", type=Path, default=Path("studies"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/madsen-full"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/madsen-study"))
     parser.add_argument(
         "--smoke-test", action="store_true", help="only print the table of the committed cells"
     )
     args = parser.parse_args(argv)
     if args.smoke_test:
-        print(table(Path(__file__).resolve().parent / "results" / "madsen-full"))
+        print(table(Path(__file__).resolve().parent / "results" / "madsen-study"))
         return 0
     for study in args.study:
         cells = collect(study, args.workdir, args.out)
