@@ -350,6 +350,8 @@ class PopulationTrainer:
             self.train_seconds += time.perf_counter() - start
             if report is not None:
                 yield _with_seconds(report, self.train_seconds)
+                if cfg.stop_when_solved and bool(self._frozen().all()):
+                    return  # every replica solved (or diverged): nothing left to train
 
     def request_stop(self) -> None:
         """Ends a ``run()`` in progress (on another thread) after its current step."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -151,6 +152,20 @@ def _run(
     )
 
 
+def _set_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=YAML`` pairs as ``load_spec`` overrides; a malformed one is a SpecError."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set takes KEY=YAML, got {pair!r}", field="set")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise SpecError(f"--set {key.strip()}: not valid YAML: {err}", field="set") from err
+    return out
+
+
 def register(app: typer.Typer) -> None:
     """Adds ``launch``, ``resume``, ``list`` and ``status`` to ``app``."""
 
@@ -165,12 +180,29 @@ def register(app: typer.Typer) -> None:
         tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
         storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL."),
         workdir: Path | None = typer.Option(None, "--workdir"),
+        seeds: int | None = typer.Option(
+            None, "--seeds", min=1, help="Seeds per trial (training.seeds)."
+        ),
+        steps: int | None = typer.Option(
+            None, "--steps", min=1, help="Steps per trial (training.steps)."
+        ),
+        set_: list[str] = typer.Option(  # noqa: B008
+            [],
+            "--set",
+            help="KEY=YAML: override a spec key (dotted), e.g. "
+            "'budget.time_limit=30m' or 'tasks=[{name: static, ops: [mul]}]'. Repeatable.",
+        ),
     ) -> None:
         """Launch a study: Ray Tune trials, Optuna sampling and pruning, MLflow tracking."""
         try:
             overrides: dict[str, Any] = {} if name is None else {"name": name}
+            overrides |= _set_overrides(set_)
             if num_samples is not None:
                 overrides["budget.num_samples"] = num_samples
+            if seeds is not None:
+                overrides["training.seeds"] = seeds
+            if steps is not None:
+                overrides["training.steps"] = steps
             parsed = load_spec(spec, overrides=overrides)
             settings = _settings(
                 parsed.name,

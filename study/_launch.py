@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
 import platform
@@ -48,8 +49,11 @@ from study._studies import (
     summarize,
     write_record,
 )
+from study._sweep import RangeSweep
 
 CHECKPOINT_FILE = "trainer.pt"
+# a finished trial's record: its config, final metrics, per-seed results and seed 0's history
+CELL_FILE = "cell.json"
 # effectively unlimited when only a time limit bounds the study
 _UNLIMITED = 10**9
 
@@ -103,10 +107,16 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         self.barrier = config.get("barrier")
         if config["optuna_number"] not in config.get("fail_trials", [config["optuna_number"]]):
             self.fail_at_step = None
-        self.trainer = PopulationTrainer(self.run_config)
+        ranges = config.get("ranges")
+        # a sweep trains the configuration on several range pairs at once (study/_sweep.py)
+        self.trainer: Any = (
+            RangeSweep(self.run_config, ranges) if ranges else PopulationTrainer(self.run_config)
+        )
+        # seed 0's evaluations, kept through checkpoints: the cell record a replay test checks
+        self.seed_history: list[dict[str, float]] = []
         state = _load_state(self.checkpoint_path)
         if state is not None:
-            self.trainer.load_state_dict(state)
+            self._restore(state)
         self.restored_step = self.trainer.step
         self.reports = self.trainer.run()
         self.ahead: Future[EvalReport | None] | None = None
@@ -131,11 +141,12 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         if report is None:
             return self._finish()
         self.evaluations += 1
+        self.seed_history.append(_seed_row(report))
         metrics = report.metrics()
         if self.tracker is not None:
             self.tracker.log_eval(report.step, metrics)
         if self.evaluations % self.checkpoint_every == 0:
-            _save_state(self.checkpoint_path, self.trainer.state_dict())
+            _save_state(self.checkpoint_path, self._state())
         self._await_barrier()
         self._maybe_fail(report.step)
         self.last = self._result(metrics, step=report.step, train_seconds=report.train_seconds)
@@ -170,6 +181,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             "train_seconds": train_seconds,
             "wall_seconds": time.perf_counter() - self.started,
             "restored_step": self.restored_step,
+            "total_steps": self.run_config.train.steps,
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             "finished": False,
@@ -177,7 +189,8 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
 
     def _finish(self) -> dict[str, Any]:
         result = self.trainer.result()
-        _save_state(self.checkpoint_path, self.trainer.state_dict())
+        _save_state(self.checkpoint_path, self._state())
+        _write_cell(self.checkpoint_path.with_name(CELL_FILE), result, self.seed_history)
         tracking = time.perf_counter()
         if self.tracker is not None:
             self.tracker.log_result(result)
@@ -220,7 +233,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Tune's own checkpoints (pause, retries on another node): the same state file."""
         self._halt_ahead()  # Tune asks for one when it stops a trial: don't wait for the eval
-        state = self.trainer.state_dict()
+        state = self._state()
         _save_state(Path(checkpoint_dir) / CHECKPOINT_FILE, state)
         _save_state(self.checkpoint_path, state)
 
@@ -231,10 +244,17 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         if state is not None:
             self._halt_ahead()
             self.ahead = None
-            self.trainer.load_state_dict(state)
+            self._restore(state)
             self.restored_step = self.trainer.step
             self.reports = self.trainer.run()
             self._relog_history()
+
+    def _state(self) -> dict[str, Any]:
+        return {**self.trainer.state_dict(), "seed_history": list(self.seed_history)}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state)
+        self.seed_history = [dict(row) for row in state.get("seed_history", [])]
 
     def _relog_history(self) -> None:
         """Logs the evaluations of a restored trainer again.
@@ -260,6 +280,35 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         self.cleanup()
         self.setup(new_config)
         return True
+
+
+def _seed_row(report: EvalReport) -> dict[str, float]:
+    """Seed 0 (the first replica) at one evaluation: what a replay must reproduce."""
+    return {
+        "step": float(report.step),
+        "interpolation_mse": float(report.interpolation_mse[0]),
+        "extrapolation_mse": float(report.extrapolation_mse[0]),
+    }
+
+
+def _write_cell(path: Path, result: Any, seed_history: list[dict[str, float]]) -> None:
+    """``cell.json`` next to the checkpoint (small: committed as a study's result record)."""
+
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    record = {
+        "schema": "nalu-study/cell/1",
+        "configuration": result.config.to_dict(),
+        "steps": int(result.steps),
+        "train_seconds": float(result.train_seconds),
+        "metrics": {k: finite(float(v)) for k, v in result.metrics().items()},
+        "seeds": [s.to_dict() for s in result.seeds],
+        "seed0_history": [{k: finite(v) for k, v in row.items()} for row in seed_history],
+    }
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
 
 
 @functools.cache
@@ -424,6 +473,8 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
         # (monotonic time, trials running from then on): for the slots left idle at the end
         self.occupancy: list[tuple[float, int]] = []
         self.last_start: int | None = None  # index into occupancy
+        # per running trial: (label, step, total steps, wall seconds, step it restored from)
+        self.trial_steps: dict[str, tuple[str, int, int, float, int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into tuner.pkl; the console and the record stay here
@@ -439,12 +490,22 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        if "step" in result and "total_steps" in result:
+            label = f"{trial.config.get('task_key')} #{trial.config.get('optuna_number')}"
+            self.trial_steps[trial.trial_id] = (
+                label,
+                int(result["step"]),
+                int(result["total_steps"]),
+                float(result.get("wall_seconds", 0.0)),
+                int(result.get("restored_step", 0)),
+            )
         self._tick()
 
     def on_trial_complete(
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
     ) -> None:
         self.running.discard(trial.trial_id)
+        self.trial_steps.pop(trial.trial_id, None)
         self.occupancy.append((time.monotonic(), len(self.running)))
         result = trial.last_result or {}
         search = self.scheduler.searcher.search_for(trial.trial_id)
@@ -465,6 +526,7 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
+        self.trial_steps.pop(trial.trial_id, None)
         self.occupancy.append((time.monotonic(), len(self.running)))
         self.failed += 1
         self._tick(force=True)
@@ -497,6 +559,30 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
             f"[{now - self.started:6.0f}s] running {len(self.running)} | done {self.done} | "
             f"pruned {self.pruned} | failed {self.failed} | best {best}"
         )
+        for trial_id in sorted(self.trial_steps):
+            if trial_id in self.running:
+                self.echo("  " + trial_progress(*self.trial_steps[trial_id]))
+
+
+def trial_progress(label: str, step: int, total: int, wall: float, restored: int) -> str:
+    """``static-mul #3: 120,000/3,000,000 steps (4%), ETA 2h05m``: the ETA extrapolates the
+    steps this run trained (since it started or restored) at the pace they took; a trial that
+    solves every seed ends before it."""
+    done = step - restored
+    eta = "?"
+    if done > 0 and wall > 0:
+        eta = _duration((total - step) * wall / done)
+    share = 100.0 * step / total if total else 0.0
+    return f"{label}: {step:,}/{total:,} steps ({share:.0f}%), ETA {eta}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _nothing(*args: Any, **kwargs: Any) -> None:
@@ -808,6 +894,7 @@ def _run_tuner(
         "objective": {"metric": spec.objective.metric, "tie_break": spec.objective.tie_break},
         "checkpoint_every": spec.training.checkpoint_every,
         "threads": max(1, int(spec.resources.cpus)),
+        "ranges": list(spec.training.ranges),
         "tracking": dict(tracking) if tracking else None,
         **extra_config,
     }
@@ -828,6 +915,10 @@ def _run_tuner(
             sampler=spec.sampler.build(offset=i),
             pruner=spec.pruner.build(max_resource=spec.training.steps),
         )
+        study = searches[key].study
+        if spec.sampler.enqueue and not study.get_trials(deepcopy=False):
+            for point in spec.sampler.enqueue:  # a new study tries these first
+                study.enqueue_trial(dict(point), user_attrs={"enqueued": True})
     searcher = TaskGridSearcher(searches, quotas)
     scheduler = OptunaPruningScheduler(searcher)
     progress = _Progress(echo=echo, scheduler=scheduler, heartbeat=heartbeat)

@@ -20,6 +20,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from study._sweep import RANGE_METRIC
+
 METRIC = "objective"
 # Final metrics copied into the Optuna trial's user attributes, so that `status` and the end
 # summary read them from Optuna storage alone.
@@ -82,7 +84,9 @@ class TaskSearch(OptunaSearch):  # type: ignore[misc]
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self.optuna_trial(trial_id)
-        for key in SUMMARY_KEYS:
+        # a range sweep's per-range success rates (study/_sweep.py) too
+        ranges = sorted(k for k in (result or {}) if k.startswith(RANGE_METRIC))
+        for key in (*SUMMARY_KEYS, *ranges):
             value = (result or {}).get(key)
             if isinstance(value, int | float | str) and not (
                 isinstance(value, float) and not math.isfinite(value)

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import yaml
 
-from nalu_core import ConfigError, TaskConfig, TrainConfig
+from nalu_core import RANGE_PRESETS, ConfigError, TaskConfig, TrainConfig
 from study._errors import SpecError
 from study._settings import ENV_VARS
 
@@ -100,6 +100,8 @@ class TrainingSpec:
     ``options`` holds any other :class:`nalu_core.TrainConfig` field (``batch_size``, ``device``,
     ...) that the search space does not set. The trainer state is checkpointed every
     ``checkpoint_every`` evaluations; a failed trial is retried ``max_failures`` times from it.
+    ``ranges`` (range presets) makes each trial train its configuration on every one of them,
+    scored over all their seeds together (Mistry's 9 range pairs; ``study/_sweep.py``).
     """
 
     seeds: int = 16
@@ -110,6 +112,7 @@ class TrainingSpec:
     # G groups of seeds/G replicas sharing one batch per step (None: one stream per seed)
     data_streams: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    ranges: tuple[str, ...] = ()
 
     def train_overrides(self) -> dict[str, Any]:
         return {
@@ -135,9 +138,13 @@ class BudgetSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerSpec:
+    """``enqueue``: points (parameter -> value) each new per-task study tries first, such as a
+    published configuration the search should start from."""
+
     name: str = "tpe"
     seed: int | None = 0
     options: Mapping[str, Any] = field(default_factory=dict)
+    enqueue: tuple[Mapping[str, Any], ...] = ()
 
     def build(self, *, offset: int = 0) -> optuna.samplers.BaseSampler:
         """A fresh sampler; ``offset`` decorrelates the per-task studies' seeds."""
@@ -302,7 +309,7 @@ def _check_kwargs(factory: Callable[..., Any], options: Mapping[str, Any], where
 
 def _parse_sampler(data: object) -> SamplerSpec:
     data = _mapping({"name": data} if isinstance(data, str) else data, "sampler")
-    _only(data, ("name", "seed", "options"), "sampler")
+    _only(data, ("name", "seed", "options", "enqueue"), "sampler")
     name = data.get("name", "tpe")
     if name not in SAMPLERS:
         raise _fail(f"must be one of {list(SAMPLERS)}, got {name!r}", "sampler.name")
@@ -327,7 +334,12 @@ def _parse_sampler(data: object) -> SamplerSpec:
         "grid": optuna.samplers.GridSampler,
     }
     _check_kwargs(factories[name], options, "sampler.options")
-    spec = SamplerSpec(name=name, seed=seed, options=options)
+    enqueue = data.get("enqueue") or []
+    if not isinstance(enqueue, list) or not all(isinstance(p, Mapping) for p in enqueue):
+        raise _fail(f"must be a list of points (mappings), got {enqueue!r}", "sampler.enqueue")
+    spec = SamplerSpec(
+        name=name, seed=seed, options=options, enqueue=tuple(dict(p) for p in enqueue)
+    )
     _try_build("sampler.options", lambda: spec.build())
     if name == "cmaes":
         try:
@@ -377,7 +389,7 @@ def _parse_training(data: object) -> TrainingSpec:
         "data_streams",
         "options",
     )
-    _only(data, keys, "training")
+    _only(data, (*keys, "ranges"), "training")
     defaults = TrainingSpec()
     values = {k: data.get(k, getattr(defaults, k)) for k in keys[:-1]}
     for key, value in values.items():
@@ -387,7 +399,7 @@ def _parse_training(data: object) -> TrainingSpec:
     clash = sorted(set(options) & {"seeds", "steps", "eval_every", "data_streams"})
     if clash:
         raise _fail("set it in training, not in training.options", f"training.options.{clash[0]}")
-    spec = TrainingSpec(**values, options=options)
+    spec = TrainingSpec(**values, options=options, ranges=_parse_ranges(data.get("ranges")))
     try:
         TrainConfig.from_dict(spec.train_overrides(), prefix="")
     except ConfigError as err:
@@ -395,6 +407,22 @@ def _parse_training(data: object) -> TrainingSpec:
         where = f"training.{key}" if key in keys else f"training.options.{key}"
         raise _fail(str(err), where) from err
     return spec
+
+
+def _parse_ranges(data: object) -> tuple[str, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list) or not data or not all(isinstance(r, str) for r in data):
+        raise _fail(f"must be a non-empty list of range presets, got {data!r}", "training.ranges")
+    for i, preset in enumerate(data):
+        if preset not in RANGE_PRESETS:
+            raise _fail(
+                f"unknown range preset {preset!r}; known: {sorted(RANGE_PRESETS)}",
+                f"training.ranges[{i}]",
+            )
+    if len(set(data)) != len(data):
+        raise _fail(f"a range appears twice: {data!r}", "training.ranges")
+    return tuple(data)
 
 
 def _parse_budget(data: object) -> BudgetSpec:
@@ -481,6 +509,19 @@ def _check_space_tasks(space_ref: str, tasks: tuple[TaskConfig, ...]) -> None:
             )
 
 
+def _check_enqueued(
+    space_ref: str, sampler: SamplerSpec, tasks: tuple[TaskConfig, ...], training: TrainingSpec
+) -> None:
+    """Each enqueued point must build a RunConfig on every task, as a sampled one would."""
+    space = load_space(space_ref)
+    for i, point in enumerate(sampler.enqueue):
+        for task in tasks:
+            try:
+                space.to_run_config(point, task=task, train=training.train_overrides())
+            except (ValueError, TypeError) as err:
+                raise _fail(str(err), f"sampler.enqueue[{i}]") from err
+
+
 def load_space(ref: str) -> Any:
     """The search space for ``ref`` (preset name or file), from :mod:`search_spaces`."""
     import search_spaces
@@ -508,6 +549,8 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> StudySpec:
     tasks = _parse_tasks(data.get("tasks"))
     space = _parse_space(data.get("space"), base_dir)
     _check_space_tasks(space, tasks)
+    sampler = _parse_sampler(data.get("sampler"))
+    _check_enqueued(space, sampler, tasks, training)
     return StudySpec(
         name=name,
         description=description,
@@ -515,7 +558,7 @@ def parse_spec(data: object, *, base_dir: Path | None = None) -> StudySpec:
         space=space,
         training=training,
         budget=_parse_budget(data.get("budget")),
-        sampler=_parse_sampler(data.get("sampler")),
+        sampler=sampler,
         pruner=_parse_pruner(data.get("pruner"), steps=training.steps),
         objective=_parse_objective(data.get("objective")),
         resources=_parse_resources(data.get("resources")),
