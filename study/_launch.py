@@ -596,7 +596,7 @@ def _reload_ray_auth() -> None:
     Ray reads them once, when it is imported; the driver would then present no token to the
     instance it starts. (What Ray's own tests do: ``authentication_test_utils``.)
     """
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
