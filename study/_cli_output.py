@@ -64,3 +64,27 @@ def fail_with(
         for line in error_lines(found):
             typer.echo(line, err=True)
     return typer.Exit(code)
+
+
+def check_output(path: Any, *, field: str) -> None:
+    """Refuses an output path that cannot be written, before any work is done.
+
+    The path's first existing ancestor must be a writable folder (and the path itself, if it
+    exists, a file that can be replaced or a folder): an export or a training run never
+    finishes its work only to lose the result. Raises :class:`study.StudyError`.
+    """
+    import os
+    from pathlib import Path
+
+    from study._errors import SettingsError
+
+    target = Path(path).expanduser().absolute()
+    if target.exists() and not os.access(target, os.W_OK):
+        raise SettingsError(f"{target} is not writable", field=field)
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SettingsError(f"{parent} is a file, not a folder", field=field)
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise SettingsError(f"cannot write in {parent}", field=field)
+            return
