@@ -42,7 +42,7 @@ def read_record(study_dir: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise StudyError(f"cannot read the study record: {err}", field=str(path)) from err
     if not isinstance(data, dict):
-        raise StudyError(f"{path} does not hold a study record", field=str(path))
+        raise StudyError("does not hold a study record", field=str(path))
     for key, kinds in _RECORD_FIELDS.items():
         if key in data and not isinstance(data[key], kinds):
             raise StudyError(
