@@ -808,7 +808,17 @@ def _open_storage(
     settings: Settings, spec: StudySpec, budget: Mapping[str, Any], *, resume: bool, echo: Echo
 ) -> tuple[optuna.storages.RDBStorage, dict[str, int]]:
     """Optuna's storage and the trials left per task × op (after a resume's reconciling)."""
-    storage = open_storage(settings.storage)
+    import sqlalchemy.exc
+
+    try:
+        storage = open_storage(settings.storage)
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        # reachable (checked before the launch) but unusable: no right to create the tables,
+        # a schema of another Optuna version, ...
+        detail = " ".join(str(getattr(err, "orig", err)).split())
+        raise StudyError(
+            f"cannot open the Optuna storage {redact(settings.storage)}: {detail}", field="storage"
+        ) from None
     if resume:
         fixed = reconcile_storage(storage, spec.name, spec.task_keys())
         echo(
@@ -1060,7 +1070,8 @@ def _run_tuner(
     # Tuner.restore hint (the study resumes with `nalu-study resume`, see launch())
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     _quiet_restore_hint()
-    tuner.fit()
+    with _working_folder(study_dir):
+        tuner.fit()
     wall = time.perf_counter() - wall_start
     ran = progress.done + progress.pruned + progress.failed
     slots = int(spec.budget.max_concurrent or 0)
@@ -1073,6 +1084,27 @@ def _run_tuner(
         "idle_after_last_start_seconds": progress.idle_after_last_start(slots),
     }
     return ran, stats
+
+
+@contextlib.contextmanager
+def _working_folder(folder: Path) -> Iterator[None]:
+    """Runs Tune from ``folder``, and comes back if the old folder still exists.
+
+    Tune resolves its results folder against the working directory when the run ends. A
+    driver submitted as a Ray job (the compose ``launch`` service) works in the job's
+    unpacked ``working_dir``, which Ray's runtime-env agent may delete once no trial uses it
+    any more: the run then ended in FileNotFoundError from ``os.getcwd()``.
+    """
+    try:
+        previous: str | None = os.getcwd()
+    except FileNotFoundError:
+        previous = None
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        if previous is not None and os.path.isdir(previous):
+            os.chdir(previous)
 
 
 class _NoRestoreHint(logging.Filter):

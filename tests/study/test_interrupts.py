@@ -224,7 +224,9 @@ def test_a_launch_failing_to_open_its_stores_is_not_left_running(
     args = ["launch", str(tmp_path / "spec.yaml"), "--address", cluster.address]
     args += ["--storage", role_without_create, "--workdir", str(tmp_path / "work")]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code != 0, result.output
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert "error: storage: cannot open the Optuna storage" in result.output
     record = yaml.safe_load((tmp_path / "work" / "no-tables" / "study.json").read_text())
     assert record["status"] == "failed", record
     assert record["launches"][-1]["status"] == "failed"
