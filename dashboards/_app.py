@@ -27,6 +27,7 @@ from dashboards._models import (
     TrialResponse,
 )
 from dashboards._service import Dashboard
+from study import redact
 
 log = logging.getLogger("dashboards")
 
@@ -92,8 +93,10 @@ def _status(err: DashboardError) -> int:
 
 def _error_response(request: Request, status: int, title: str, err: BaseException) -> Response:
     field = getattr(err, "field", None)
+    # a store's error may quote its URL: never show the password to a viewer
+    message = redact(str(err))
     if request.url.path.startswith("/api/"):
-        body = ErrorResponse(error=title, detail=str(err), field=field)
+        body = ErrorResponse(error=title, detail=message, field=field)
         return JSONResponse(body.model_dump(), status_code=status)
     hint = {
         503: "Check that the tracking server (or SQLite file) is reachable and that "
@@ -103,7 +106,7 @@ def _error_response(request: Request, status: int, title: str, err: BaseExceptio
     }.get(status, "The error was logged by the dashboard process.")
     page = pages.document(
         title,
-        pages.error_section(title, str(err), hint),
+        pages.error_section(title, message, hint),
         plotly_js="",
         nav=pages.link("/", "studies"),
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from study import ENV_VARS, SettingsError, resolve_settings
+from study import ENV_VARS, SettingsError, redact, resolve_settings
 
 DEFAULT_PORT = 8050
 
@@ -50,8 +50,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("dashboard")
     def dashboard(
-        tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI to read."),
-        storage: str | None = typer.Option(None, help="Optuna storage URL (for importance)."),
+        tracking_uri: str | None = typer.Option(
+            None, help="MLflow tracking URI to read [env NALU_STUDY_TRACKING_URI]."
+        ),
+        storage: str | None = typer.Option(
+            None, help="Optuna storage URL, for importance [env NALU_STUDY_STORAGE]."
+        ),
         study: str | None = typer.Option(None, help="Study whose default SQLite stores to read."),
         workdir: Path | None = typer.Option(None, help="Studies folder (with --study)."),
         host: str = typer.Option("127.0.0.1", help="Interface to bind; loopback by default."),
@@ -63,7 +67,9 @@ def register(app: typer.Typer) -> None:
             help="Where the last read of each study is kept for a fast restart "
             "[default: ~/.cache/nalu-study/dashboard].",
         ),
-        no_snapshot: bool = typer.Option(False, help="Keep no snapshot; always read the store."),
+        no_snapshot: bool = typer.Option(
+            False, "--no-snapshot", help="Keep no snapshot; always read the store."
+        ),
     ) -> None:
         """Serve the web dashboard (HTML pages and a JSON API documented at /docs)."""
         import uvicorn
@@ -80,7 +86,7 @@ def register(app: typer.Typer) -> None:
             uri, storage=optuna_storage, ttl=ttl, ui_url=mlflow_ui, snapshot_dir=snapshots
         )
         dash.warm_up()
-        typer.echo(f"nalu-study dashboard on http://{host}:{port}/ reading {uri}")
+        typer.echo(f"nalu-study dashboard on http://{host}:{port}/ reading {redact(uri)}")
         typer.echo(f"JSON API: http://{host}:{port}/docs")
         uvicorn.run(create_app(dash), host=host, port=port, log_level="warning")
 

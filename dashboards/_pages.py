@@ -62,8 +62,9 @@ def link(href: str | None, text: str) -> str:
 
 
 def plot(div_id: str, figure: dict[str, Any]) -> str:
-    # "</" inside a JSON string would end the <script> element early
-    payload = json.dumps(figure, separators=(",", ":")).replace("</", "<\\/")
+    # "</script" ends the element early and "<!--" switches the HTML parser into its
+    # escaped-script state: no "<" at all reaches the page (JSON reads \u003c as "<")
+    payload = json.dumps(figure, separators=(",", ":")).replace("<", "\\u003c")
     return (
         f'<div class="plot" id="{esc(div_id)}"></div>\n<script>(function(){{var f={payload};'
         f'Plotly.newPlot("{esc(div_id)}",f.data,f.layout,{{responsive:true}});}})();</script>'

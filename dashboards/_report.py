@@ -16,6 +16,7 @@ from dashboards._app import plotly_js
 from dashboards._errors import DashboardError
 from dashboards._importance import DEFAULT_EVALUATOR
 from dashboards._service import Dashboard
+from study import redact
 
 
 class ReportLinks:
@@ -79,7 +80,7 @@ def render_report(dash: Dashboard, study: str, *, evaluator: str = DEFAULT_EVALU
     parts.append(pages.plots_section(dash.parallel(study), dash.scatter(study)))
     parts += [pages.trial_section(dash.trial(run_id), links) for run_id in sorted(best_runs)]
     script = f"<script>{plotly_js()}</script>"
-    nav = f"nalu-study report · {pages.esc(study)} · {pages.esc(dash.tracking_uri)}"
+    nav = f"nalu-study report · {pages.esc(study)} · {pages.esc(redact(dash.tracking_uri))}"
     return pages.document(
         f"nalu-study report: {study}", "\n".join(parts), plotly_js=script, nav=nav
     )

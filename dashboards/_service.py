@@ -42,6 +42,7 @@ from dashboards._models import (
     TrialResponse,
 )
 from dashboards._snapshot import Snapshots
+from study import redact
 
 _V = TypeVar("_V")
 
@@ -164,7 +165,7 @@ class Dashboard:
 
     def studies(self) -> StudiesResponse:
         summaries = [self._summary(exp) for exp in self.source.experiments()]
-        return StudiesResponse(tracking_uri=self.tracking_uri, studies=summaries)
+        return StudiesResponse(tracking_uri=redact(self.tracking_uri), studies=summaries)
 
     def _summary(self, exp: Experiment) -> StudySummary:
         return self.memo(

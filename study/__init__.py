@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from study._errors import SettingsError, SpecError, StudyError
-from study._settings import ENV_VARS, Settings, resolve_settings
+from study._errors import InvalidSpecError, SettingsError, SpecError, StudyError
+from study._settings import ENV_VARS, Settings, redact, resolve_settings
 from study._spec import StudySpec, load_spec, parse_spec
 from study._studies import StudyStatus, list_studies, study_status
 from study._tracking import (
@@ -16,6 +16,7 @@ from study._tracking import (
 
 __all__ = [
     "ENV_VARS",
+    "InvalidSpecError",
     "ROBUST_LOWER_BOUND",
     "Settings",
     "SettingsError",
@@ -30,6 +31,7 @@ __all__ = [
     "list_studies",
     "load_spec",
     "parse_spec",
+    "redact",
     "resolve_settings",
     "study_status",
 ]

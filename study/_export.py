@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import pyarrow as pa
 import yaml
 
 from nalu_core import RunConfig
+from search_spaces._yaml import load_yaml
 from study._errors import StudyError
 from study._tracking import (
     NODE_TAG,
@@ -216,7 +218,7 @@ def _download_config(client: MlflowClient, run_id: str) -> dict[str, Any]:
                 f"run {run_id} has no config.yaml artifact (not delivered yet?): {err}",
                 field="run_id",
             ) from err
-        data = yaml.safe_load(Path(path).read_text())
+        data = load_yaml(Path(path).read_text())
     RunConfig.from_dict(data)  # an export must be trainable: fail here, not in the user's hands
     return dict(data)
 
@@ -310,7 +312,7 @@ def write_export(
                 )
             targets = [out]
         else:
-            targets = [out / f"{b.task}_{b.op}.yaml" for b in best]
+            targets = [out / safe_filename(f"{b.task}_{b.op}", ".yaml") for b in best]
         for path, b in zip(targets, best, strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(_yaml_text(b, study_name))
@@ -336,6 +338,19 @@ def write_export(
     raise ExportError(f"format must be yaml, json or parquet, got {fmt!r}", field="format")
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_filename(stem: str, suffix: str) -> str:
+    """A file name made from MLflow params (a task, an op) that stays in its folder.
+
+    Separators, ``..`` and anything but letters, digits, ``_``, ``.`` and ``-`` become ``_``:
+    a crafted task name such as ``../../x`` cannot write outside ``--out``.
+    """
+    name = _UNSAFE.sub("_", stem).replace("..", "_").lstrip(".") or "_"
+    return name[:120] + suffix
+
+
 def default_out(study_dir: Path, *, fmt: ExportFormat, all_trials: bool) -> Path:
     """Where an export goes without ``--out``: ``<study folder>/export/``."""
     folder = study_dir / "export"
@@ -351,6 +366,7 @@ __all__ = [
     "ExportError",
     "best_configs",
     "default_out",
+    "safe_filename",
     "trials_table",
     "write_export",
 ]

@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import platform
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,12 +38,20 @@ from optuna.trial import TrialState
 from nalu_core import EvalReport, PopulationTrainer, RunConfig, TaskConfig
 from study._errors import StudyError
 from study._pruning import METRIC, OptunaPruningScheduler, TaskGridSearcher, TaskSearch
-from study._settings import Settings
-from study._spec import ObjectiveSpec, StudySpec, load_space, task_key
+from study._settings import Settings, redact
+from study._spec import (
+    ObjectiveSpec,
+    StudySpec,
+    check_schedulable,
+    load_space,
+    local_capacity,
+    task_key,
+)
 from study._studies import (
     COUNTED,
     SPEC,
     TaskSummary,
+    check_stores,
     driver_alive,
     open_storage,
     optuna_study_name,
@@ -118,6 +128,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         if state is not None:
             self._restore(state)
         self.restored_step = self.trainer.step
+        self.restored_train_seconds = self.trainer.train_seconds
         self.reports = self.trainer.run()
         self.ahead: Future[EvalReport | None] | None = None
         self.evaluations = 0
@@ -182,9 +193,13 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             "wall_seconds": time.perf_counter() - self.started,
             "restored_step": self.restored_step,
             "total_steps": self.run_config.train.steps,
+            # training done before the restore (by an earlier process): not in wall_seconds
+            "restored_train_seconds": self.restored_train_seconds,
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             "finished": False,
+            # the Optuna trial's link to its MLflow run (known once the run has opened)
+            "mlflow_run_id": None if self.tracker is None else self.tracker.run_id,
         }
 
     def _finish(self) -> dict[str, Any]:
@@ -246,6 +261,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             self.ahead = None
             self._restore(state)
             self.restored_step = self.trainer.step
+            self.restored_train_seconds = self.trainer.train_seconds
             self.reports = self.trainer.run()
             self._relog_history()
 
@@ -330,6 +346,9 @@ def _open_tracker(config: Mapping[str, Any], run_config: RunConfig, trial_id: st
         "nalu.op": run_config.task.op,
         "nalu.unit": run_config.model.layers[0].unit,
         _tracking.OPTUNA_TRIAL_TAG: str(config["optuna_number"]),
+        _tracking.OPTUNA_STUDY_TAG: optuna_study_name(
+            tracking["study"], task_key(run_config.task)
+        ),
         _tracking.RAY_TRIAL_TAG: trial_id,
         _tracking.NODE_TAG: platform.node(),
     }
@@ -427,6 +446,15 @@ def _fail_running(storage: optuna.storages.BaseStorage, study: str, keys: list[s
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
+def _trial_count(storage: optuna.storages.BaseStorage, study: str, key: str) -> int:
+    """Trials the task's Optuna study holds already (0 for a new one)."""
+    try:
+        study_id = storage.get_study_id_from_name(optuna_study_name(study, key))
+    except KeyError:
+        return 0
+    return int(storage.get_n_trials(study_id))
+
+
 def quotas(
     storage: optuna.storages.BaseStorage, spec: StudySpec, *, num_samples: int | None
 ) -> dict[str, int]:
@@ -521,7 +549,11 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
             self.failed += 1
         if "wall_seconds" in result:
             self.trial_wall.append(float(result["wall_seconds"]))
-            self.trial_train.append(float(result.get("train_seconds", 0.0)))
+            # this process's training only: wall_seconds does not cover the restored part
+            self.trial_train.append(
+                float(result.get("train_seconds", 0.0))
+                - float(result.get("restored_train_seconds", 0.0))
+            )
         self._tick(force=True)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -591,26 +623,77 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 
 @contextlib.contextmanager
 def _ray(address: str | None) -> Iterator[float]:
-    """Ray for one launch; yields the seconds its start took (0 when already connected)."""
+    """Ray for one launch; yields the seconds its start took (0 when already connected).
+
+    A local instance (no address) cannot be bound to loopback: Ray replaces 127.0.0.1 by the
+    host's address and listens on every interface. So it starts with token authentication
+    on, with a fresh random token that only this driver and its workers (who inherit the
+    environment) know; nothing else on the network can join it or submit work.
+    """
     import ray
 
     started = False
     start = time.perf_counter()
+    saved = {k: os.environ.get(k) for k in _RAY_AUTH_ENV}
     if not ray.is_initialized():
+        if address is None and not os.environ.get("RAY_AUTH_MODE"):
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+            _reload_ray_auth()
         # no address: a fresh local instance ("local"), never whichever cluster `ray start` last
         # left on this machine; it picks free ports itself, never the Redis-default 6379
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        try:
+            ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except Exception as err:  # ConnectionError, RuntimeError: Ray's own, with a traceback
+            _restore_env(saved)
+            where = "ray_address" if address else "ray"
+            raise StudyError(f"cannot start or reach Ray: {err}", field=where) from err
         started = True
     try:
         yield time.perf_counter() - start
     finally:
         if started:
             ray.shutdown()
+            _restore_env(saved)
+
+
+_RAY_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+
+
+def _restore_env(saved: Mapping[str, str | None]) -> None:
+    changed = any(os.environ.get(k) != v for k, v in saved.items())
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if changed:
+        _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Makes this process's Ray read RAY_AUTH_MODE/RAY_AUTH_TOKEN again.
+
+    Ray reads them once, when it is imported; the driver would then present no token to the
+    instance it starts. (What Ray's own tests do: ``authentication_test_utils``.)
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _node_capacities() -> list[dict[str, float]]:
+    """What each alive node of the connected Ray cluster offers (CPU, GPU, custom)."""
+    import ray
+
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [dict(n["Resources"]) for n in nodes if n.get("Alive")]
 
 
 def _study_tracker(settings: Settings, spec: StudySpec, study_dir: Path) -> Any:
@@ -643,7 +726,47 @@ def launch(
     merged into every trial's config (``fail_at_step`` for fault-injection tests).
     """
     study_dir = settings.study_dir(spec.name)
-    record = _open_record(spec, settings, study_dir, resume=resume, num_samples=num_samples)
+    # Bad settings, unreachable stores and requests no node can schedule stop the launch here,
+    # before anything is written
+    check_stores(settings)
+    with contextlib.ExitStack() as ray_stack:
+        ray_seconds = None
+        if settings.ray_address is not None:
+            ray_seconds = ray_stack.enter_context(_ray(settings.ray_address))
+            check_schedulable(spec, _node_capacities())
+        else:
+            check_schedulable(spec, [local_capacity()])
+        lock = _DriverLock(study_dir, spec.name)
+        with lock:
+            record = _open_record(
+                spec, settings, study_dir, resume=resume, num_samples=num_samples
+            )
+            return _drive(
+                spec,
+                settings,
+                record,
+                ray_stack,
+                ray_seconds,
+                resume=resume,
+                echo=echo,
+                track=track,
+                extra_config=extra_config or {},
+            )
+
+
+def _drive(
+    spec: StudySpec,
+    settings: Settings,
+    record: dict[str, Any],
+    ray_stack: contextlib.ExitStack,
+    ray_seconds: float | None,
+    *,
+    resume: bool,
+    echo: Echo,
+    track: bool,
+    extra_config: Mapping[str, Any],
+) -> LaunchResult:
+    study_dir = settings.study_dir(spec.name)
     budget = record["budget"]
     keys = spec.task_keys()
     time_left = None
@@ -653,6 +776,7 @@ def launch(
     ran = 0
     stats: dict[str, float] = {}
     status = "finished"
+    counted = True
     with contextlib.ExitStack() as stack:
         # The stores are set up on a thread: Optuna's (~1 s for a new SQLite file), then, when
         # there is something to run, MLflow's (schema, experiment, parent run: ~2 s). A new
@@ -664,19 +788,18 @@ def launch(
         preparing = pool.submit(
             _prepare_tracking, opening, tracker, settings, spec, resume=resume, time_left=time_left
         )
-        ray_seconds = None
         started = time.monotonic()
         beat = _Heartbeat(study_dir, record)
         storage = None
         try:
-            if not resume and _may_run(budget, time_left):
-                ray_seconds = stack.enter_context(_ray(settings.ray_address))
+            if ray_seconds is None and not resume and _may_run(budget, time_left):
+                ray_seconds = ray_stack.enter_context(_ray(settings.ray_address))
             storage, left = opening.result()
             beat()
             tracking = preparing.result()
             if _has_work(left, time_left):
                 if ray_seconds is None:
-                    ray_seconds = stack.enter_context(_ray(settings.ray_address))
+                    ray_seconds = ray_stack.enter_context(_ray(settings.ray_address))
                 ran, stats = _run_tuner(
                     spec,
                     settings,
@@ -687,10 +810,12 @@ def launch(
                     tracking=tracking,
                     echo=echo,
                     heartbeat=beat,
-                    extra_config=extra_config or {},
+                    extra_config=extra_config,
                 )
                 stats["ray_start_seconds"] = ray_seconds
             else:
+                # nothing ran: this call is no launch (the record keeps its launches)
+                counted = False
                 echo("nothing to run: the budget is already used")
         except KeyboardInterrupt:
             status = "interrupted"
@@ -699,7 +824,9 @@ def launch(
             status = "failed"
             raise
         finally:
-            # a storage that failed to open raises as before, with nothing to close
+            # Trials stop first (their workers end with the driver's Ray session), so that
+            # none of them writes to MLflow after the states below are settled
+            ray_stack.close()
             if storage is None and opening.exception() is None:
                 storage = opening.result()[0]  # Ray's start failed while the stores opened
             if storage is not None:
@@ -711,7 +838,18 @@ def launch(
                     )
                     # trial runs whose process died without a word (a lost node) end KILLED
                     tracker.reconcile()
-                beat(status=_final_status(status, storage, spec, budget, record))
+                    # MLflow says what Optuna says: state tags, run status, cross-links
+                    _agree(tracker, storage, spec)
+                final = _final_status(status, storage, spec, budget, record)
+            else:
+                final = "failed"  # the stores did not open: nothing ran, and nothing runs
+            if counted:
+                beat(status=final)
+            else:
+                record["launches"].pop()
+                beat(status=final, count=False)
+    if status == "interrupted" or final == "incomplete":
+        echo(f"resume with: nalu-study resume {spec.name}")
     wall = time.monotonic() - started
     return LaunchResult(
         name=spec.name,
@@ -721,6 +859,25 @@ def launch(
         trials_run=ran,
         stats=stats,
     )
+
+
+def _agree(tracker: Any, storage: optuna.storages.BaseStorage, spec: StudySpec) -> None:
+    """Sets each trial run's ``nalu.state`` (and status) to its Optuna trial's final state.
+
+    (Each Optuna trial got its ``mlflow_run_id`` user attribute from its first result, while
+    it could still be written: see ``TaskSearch.on_trial_result``.)
+    """
+    states: dict[tuple[str, int], str] = {}
+    for key in spec.task_keys():
+        name = optuna_study_name(spec.name, key)
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            continue
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.is_finished():
+                states[(name, trial.number)] = trial.state.name
+    tracker.agree(states)
 
 
 def _may_run(budget: Mapping[str, Any], time_left: float | None) -> bool:
@@ -737,7 +894,17 @@ def _open_storage(
     settings: Settings, spec: StudySpec, budget: Mapping[str, Any], *, resume: bool, echo: Echo
 ) -> tuple[optuna.storages.RDBStorage, dict[str, int]]:
     """Optuna's storage and the trials left per task × op (after a resume's reconciling)."""
-    storage = open_storage(settings.storage)
+    import sqlalchemy.exc
+
+    try:
+        storage = open_storage(settings.storage)
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        # reachable (checked before the launch) but unusable: no right to create the tables,
+        # a schema of another Optuna version, ...
+        detail = " ".join(str(getattr(err, "orig", err)).split())
+        raise StudyError(
+            f"cannot open the Optuna storage {redact(settings.storage)}: {detail}", field="storage"
+        ) from None
     if resume:
         fixed = reconcile_storage(storage, spec.name, spec.task_keys())
         echo(
@@ -800,13 +967,15 @@ class _Heartbeat:
         self.record = record
         self.last = time.time()
 
-    def __call__(self, *, status: str | None = None) -> None:
+    def __call__(self, *, status: str | None = None, count: bool = True) -> None:
         now = time.time()
-        self.record["elapsed_s"] = float(self.record.get("elapsed_s", 0.0)) + (now - self.last)
+        if count:
+            self.record["elapsed_s"] = float(self.record.get("elapsed_s", 0.0)) + (now - self.last)
         self.last = now
         self.record["heartbeat"] = now
         if status is not None:
             self.record["status"] = status
+        if status is not None and count:
             self.record["launches"][-1]["ended"] = _now()
             self.record["launches"][-1]["status"] = status
         write_record(self.study_dir, self.record)
@@ -814,6 +983,41 @@ class _Heartbeat:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class _DriverLock:
+    """One driver per study at a time: an exclusive lock on ``<study>/.driver.lock``.
+
+    Two ``launch`` (or ``resume``) calls of one name at once would both find no running
+    driver and both write the study; the second to ask for the lock is refused instead. The
+    kernel drops the lock when the driver dies, even by SIGKILL.
+    """
+
+    def __init__(self, study_dir: Path, name: str) -> None:
+        self.path = study_dir / ".driver.lock"
+        self.name = name
+        self.fd: int | None = None
+
+    def __enter__(self) -> _DriverLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StudyError(
+                f"study {self.name!r} is being launched or resumed by another driver right now",
+                field="name",
+            ) from None
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
 
 
 def _open_record(
@@ -861,7 +1065,8 @@ def _open_record(
         "workdir": str(settings.workdir),
     }
     record.update(status="running", driver_pid=os.getpid(), driver_host=platform.node())
-    record["launches"].append({"started": _now(), "resume": resume, "argv": sys.argv[1:]})
+    argv = [redact(a) for a in sys.argv[1:]]
+    record["launches"].append({"started": _now(), "resume": resume, "argv": argv})
     write_record(study_dir, record)
     return record
 
@@ -912,7 +1117,7 @@ def _run_tuner(
             define,
             study_name=optuna_study_name(spec.name, key),
             storage=storage,
-            sampler=spec.sampler.build(offset=i),
+            sampler=spec.sampler.build(offset=i, done=_trial_count(storage, spec.name, key)),
             pruner=spec.pruner.build(max_resource=spec.training.steps),
         )
         study = searches[key].study
@@ -951,7 +1156,13 @@ def _run_tuner(
         ),
     )
     wall_start = time.perf_counter()
-    tuner.fit()
+    # Ctrl-C raises KeyboardInterrupt here instead of Tune's graceful stop, which would end
+    # the running trials' MLflow runs as PRUNED while Optuna fails them, and print a
+    # Tuner.restore hint (the study resumes with `nalu-study resume`, see launch())
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    _quiet_restore_hint()
+    with _working_folder(study_dir):
+        tuner.fit()
     wall = time.perf_counter() - wall_start
     ran = progress.done + progress.pruned + progress.failed
     slots = int(spec.budget.max_concurrent or 0)
@@ -964,6 +1175,41 @@ def _run_tuner(
         "idle_after_last_start_seconds": progress.idle_after_last_start(slots),
     }
     return ran, stats
+
+
+@contextlib.contextmanager
+def _working_folder(folder: Path) -> Iterator[None]:
+    """Runs Tune from ``folder``, and comes back if the old folder still exists.
+
+    Tune resolves its results folder against the working directory when the run ends. A
+    driver submitted as a Ray job (the compose ``launch`` service) works in the job's
+    unpacked ``working_dir``, which Ray's runtime-env agent may delete once no trial uses it
+    any more: the run then ended in FileNotFoundError from ``os.getcwd()``.
+    """
+    try:
+        previous: str | None = os.getcwd()
+    except FileNotFoundError:
+        previous = None
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        if previous is not None and os.path.isdir(previous):
+            os.chdir(previous)
+
+
+class _NoRestoreHint(logging.Filter):
+    """Drops Ray Tune's "Resume ... with Tuner.restore(...)" advice: ours is `resume NAME`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+def _quiet_restore_hint() -> None:
+    for name in ("ray.tune.tune", "ray.tune.tuner", "ray.tune.impl.tuner_internal"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoRestoreHint) for f in logger.filters):
+            logger.addFilter(_NoRestoreHint())
 
 
 def _trial_name(trial: Any) -> str:

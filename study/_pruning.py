@@ -38,6 +38,7 @@ SUMMARY_KEYS = (
     "node_id",
     "node_ip",
     "restored_step",
+    "mlflow_run_id",
 )
 
 
@@ -69,14 +70,20 @@ class TaskSearch(OptunaSearch):  # type: ignore[misc]
         study.pruner = pruner
         self.study = study
         self.pruned: set[str] = set()
+        self.linked: set[str] = set()
 
     def optuna_trial(self, trial_id: str) -> optuna.Trial:
         trial: optuna.Trial = self._ot_trials[trial_id]
         return trial
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        # the scheduler has already reported this step; Optuna ignores (and warns on) repeats
-        return
+        # the scheduler has already reported this step; Optuna ignores (and warns on) repeats.
+        # The link to the MLflow run is written once, while the trial can still be updated
+        # (a trial that Ctrl-C or a lost driver ends FAIL keeps it too)
+        run_id = result.get("mlflow_run_id")
+        if isinstance(run_id, str) and trial_id not in self.linked and trial_id in self._ot_trials:
+            self.optuna_trial(trial_id).set_user_attr("mlflow_run_id", run_id)
+            self.linked.add(trial_id)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -153,7 +160,9 @@ class TaskGridSearcher(Searcher):  # type: ignore[misc]
         return None if key is None else self.searches[key]
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        return
+        search = self.search_for(trial_id)
+        if search is not None:
+            search.on_trial_result(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

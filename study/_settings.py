@@ -7,6 +7,7 @@ One object, resolved with the precedence CLI > environment > file (the study spe
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,34 @@ ENV_VARS: dict[str, str] = {
     "workdir": "NALU_STUDY_WORKDIR",
 }
 DEFAULT_WORKDIR = "studies"
+# A study name is a folder name: no separators, no "..", no trailing newline ($ would allow one)
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# The name the commands that read every study (list, dashboard) resolve settings under
+ANY_STUDY = "_"
+# scheme://user:password@host -> scheme://user:***@host; also a bare password before "@"
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``.
+
+    The one helper for everything shown or logged: CLI echoes, error messages, the
+    dashboard's pages and API. ``postgresql://optuna:s3cret@db/optuna`` becomes
+    ``postgresql://optuna:***@db/optuna``.
+    """
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def check_study_name(name: str, *, field: str = "name") -> str:
+    """``name`` if it is a valid study name (a plain folder name), else a SettingsError."""
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        raise SettingsError(
+            f"must be 1-100 letters, digits, '_', '.' or '-' starting with a letter or digit "
+            f"(a folder name), got {shown}",
+            field=field,
+        )
+    return name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +65,8 @@ class Settings:
     workdir: Path
 
     def study_dir(self, study_name: str) -> Path:
-        return self.workdir / study_name
+        """``<workdir>/<study_name>``; a name such as ``../x`` never leaves the workdir."""
+        return self.workdir / check_study_name(study_name)
 
 
 def _validate(name: str, value: str) -> str:
@@ -88,6 +118,8 @@ def resolve_settings(
                 return _validate(name, str(source))
         return None
 
+    if study_name != ANY_STUDY:
+        check_study_name(study_name)
     workdir = Path(pick("workdir") or DEFAULT_WORKDIR).expanduser().resolve()
     study_dir = workdir / study_name
     return Settings(

@@ -47,6 +47,7 @@ STUDY_TAG = "nalu.study"
 STATE_TAG = "nalu.state"
 RAY_TRIAL_TAG = "nalu.ray_trial_id"
 OPTUNA_TRIAL_TAG = "nalu.optuna_trial"
+OPTUNA_STUDY_TAG = "nalu.optuna_study"
 NODE_TAG = "nalu.node"
 PARENT_TAG = "mlflow.parentRunId"
 ROBUST_TAG = "robust"
@@ -1117,6 +1118,68 @@ class StudyTracker:
             )
             count += 1
         return count
+
+    def agree(self, states: Mapping[tuple[str, int], str]) -> dict[tuple[str, int], str]:
+        """Makes each trial run say what its Optuna trial says; returns the run per trial.
+
+        ``states`` maps ``(optuna study, trial number)`` to the trial's final Optuna state.
+        A run whose ``nalu.state`` differs (a trial that Ctrl-C stopped: its worker ended the
+        run PRUNED, Optuna failed it) gets the Optuna state and the matching status (FAILED,
+        or KILLED if it was already ended so). Runs are found by their ``nalu.optuna_study``
+        and ``nalu.optuna_trial`` tags.
+        """
+        from mlflow.entities import RunTag, ViewType
+
+        experiment_id = self.experiment_id or self.prepare()
+        client = self.client
+        runs: list[Any] = []
+        token: str | None = None
+        while True:
+            page = _retry(
+                "list trial runs",
+                lambda token=token: client.search_runs(
+                    [experiment_id],
+                    filter_string=f"tags.`{ROLE_TAG}` = 'trial'",
+                    run_view_type=ViewType.ALL,
+                    max_results=1000,
+                    page_token=token,
+                ),
+                deadline=self.deadline,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        links: dict[tuple[str, int], str] = {}
+        for run in runs:
+            tags = run.data.tags
+            try:
+                where = (tags[OPTUNA_STUDY_TAG], int(tags[OPTUNA_TRIAL_TAG]))
+            except (KeyError, ValueError):
+                continue
+            state = states.get(where)
+            if state is None:
+                continue
+            links[where] = run.info.run_id
+            status = _STATE_TO_STATUS[state]
+            if run.info.status == "KILLED" and status == "FAILED":
+                status = "KILLED"
+            if tags.get(STATE_TAG) == state and run.info.status == status:
+                continue
+            run_id = run.info.run_id
+            _retry(
+                "settle a trial run's state",
+                lambda run_id=run_id, state=state: client.log_batch(
+                    run_id, tags=[RunTag(STATE_TAG, state)]
+                ),
+                deadline=self.deadline,
+            )
+            _retry(
+                "settle a trial run's status",
+                lambda run_id=run_id, status=status: client.set_terminated(run_id, status=status),
+                deadline=self.deadline,
+            )
+        return links
 
 
 __all__ = [
