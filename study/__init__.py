@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from study._errors import SettingsError, SpecError, StudyError
+from study._export import trials_dataframe
 from study._settings import ENV_VARS, Settings, resolve_settings
 from study._spec import StudySpec, load_spec, parse_spec
 from study._studies import StudyStatus, list_studies, study_status
@@ -32,4 +33,5 @@ __all__ = [
     "parse_spec",
     "resolve_settings",
     "study_status",
+    "trials_dataframe",
 ]

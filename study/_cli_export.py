@@ -36,7 +36,7 @@ def export(
     study was launched with (study.json), else the embedded SQLite default."""
     from nalu_core import ConfigError
     from study._errors import StudyError
-    from study._export import ExportFormat, default_out, write_export
+    from study._export import ExportFormat, default_out, study_context, write_export
     from study._settings import resolve_settings
 
     # MLflow draws a progress bar per downloaded config.yaml; the output is the list of files.
@@ -58,8 +58,19 @@ def export(
         )
         chosen = cast(ExportFormat, fmt)
         target = out or default_out(settings.study_dir(name), fmt=chosen, all_trials=all_trials)
+        stores, space = (
+            study_context(name, workdir=workdir, tracking_uri=settings.tracking_uri)
+            if all_trials
+            else ({}, None)
+        )
         written = write_export(
-            settings.tracking_uri, name, fmt=chosen, out=target, all_trials=all_trials
+            settings.tracking_uri,
+            name,
+            fmt=chosen,
+            out=target,
+            all_trials=all_trials,
+            space=space,
+            storage=stores.get("storage"),
         )
     except (StudyError, ConfigError) as err:
         where = f" ({err.field})" if getattr(err, "field", None) else ""

@@ -530,14 +530,14 @@ def _ray(address: str | None) -> Iterator[float]:
 def _study_tracker(settings: Settings, spec: StudySpec, study_dir: Path) -> Any:
     from study import _tracking
 
-    # A store the driver opens itself (SQLite, a database, file:) keeps artifacts in the study
-    # folder; a server (http://) keeps them where it is configured to, so they travel through
-    # it, not to this node's disk.
+    # A store the driver opens itself (SQLite, a database, file:) keeps artifacts in the
+    # workdir's artifacts/<study>/; a server (http://) keeps them where it is configured to,
+    # so they travel through it, not to this node's disk.
     local = not settings.tracking_uri.startswith(("http://", "https://"))
     return _tracking.StudyTracker(
         settings.tracking_uri,
         study_name=spec.name,
-        artifact_root=study_dir / "artifacts" if local else None,
+        artifact_root=settings.artifact_root if local else None,
     )
 
 
@@ -679,12 +679,36 @@ def _prepare_tracking(
     experiment_id = tracker.prepare()
     if resume:
         tracker.reconcile()
-    parent = tracker.start_launch(params={"study": spec.name, "resume": resume})
+    parent = tracker.start_launch(
+        params=launch_params(spec, resume=resume),
+        spec_yaml=yaml.safe_dump(spec_document(spec), sort_keys=False),
+    )
     return {
         "uri": settings.tracking_uri,
         "experiment_id": experiment_id,
         "parent_run_id": parent,
         "study": spec.name,
+    }
+
+
+def launch_params(spec: StudySpec, *, resume: bool) -> dict[str, object]:
+    """The parent run's params: what a reader of the runs list needs to compare launches."""
+    return {
+        "study": spec.name,
+        "resume": resume,
+        "space": spec.space,
+        "tasks": ",".join(spec.task_keys()),
+        "sampler": spec.sampler.name,
+        "sampler.seed": spec.sampler.seed,
+        "sampler.options": dict(spec.sampler.options),
+        "pruner": spec.pruner.name,
+        "pruner.options": dict(spec.pruner.options),
+        "objective": spec.objective.metric,
+        "objective.tie_break": spec.objective.tie_break,
+        "seeds": spec.training.seeds,
+        "steps": spec.training.steps,
+        "num_samples": spec.budget.num_samples,
+        "time_limit": spec.budget.time_limit,
     }
 
 
@@ -818,7 +842,7 @@ def _run_tuner(
             space=space,
             task=task,
             train=spec.training.train_overrides(),
-            checkpoint_root=study_dir / "checkpoints",
+            checkpoint_root=study_dir / "ray" / "checkpoints",
             constants=constants,
         )
         searches[key] = TaskSearch(

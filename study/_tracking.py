@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from nalu_core import RunConfig
 from study._errors import StudyError
+from study._stores import first_use_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -53,6 +54,11 @@ ROBUST_TAG = "robust"
 DIVISION_TAG = "division_summary"
 DROPPED_TAG = "nalu.dropped_metrics"
 RECONCILED_TAG = "nalu.reconciled"
+# MLflow 3.x opens an experiment in its GenAI view unless this tag says otherwise; its UI
+# reads "mlflow.experimentKind" and offers "genai_development" or "custom_model_development"
+# (the classic runs/metrics/params view). Verified in mlflow 3.17.2's bundled UI.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # A configuration is "robust" when, with 95% confidence (Wilson), it succeeds on at least half
 # of its seeds. One lucky seed out of 32 gives a lower bound of 0.006, 24/32 gives 0.58.
@@ -981,7 +987,8 @@ class StudyTracker:
         db = _sqlite_path(tracking_uri)
         if artifact_root is None and db is not None:
             artifact_root = db.parent / "artifacts"
-        self.artifact_root = artifact_root
+        # one folder per study under the store's artifact root: studies share the store
+        self.artifact_root = None if artifact_root is None else artifact_root / study_name
         self.deadline = deadline
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -993,11 +1000,16 @@ class StudyTracker:
             db = _sqlite_path(self.tracking_uri)
             if db is not None:
                 db.parent.mkdir(parents=True, exist_ok=True)
-            self._client = _retry(
-                "open the tracking store",
-                lambda: _client(self.tracking_uri),
-                deadline=self.deadline,
-            )
+
+            def open_store() -> MlflowClient:
+                # a fresh SQLite file is migrated on first use: one process at a time
+                with first_use_lock(self.tracking_uri):
+                    client = _client(self.tracking_uri)
+                    if db is not None:
+                        client.search_experiments(max_results=1)  # runs the migrations now
+                    return client
+
+            self._client = _retry("open the tracking store", open_store, deadline=self.deadline)
         return self._client
 
     def prepare(self) -> str:
@@ -1015,18 +1027,35 @@ class StudyTracker:
                     client.create_experiment(
                         self.study_name,
                         artifact_location=location,
-                        tags={STUDY_TAG: self.study_name},
+                        tags=dict(self._experiment_tags()),
                     )
                 )
             if experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
+            for key, value in self._experiment_tags().items():
+                if experiment.tags.get(key) != value:  # studies made before the tag existed
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
             return str(experiment.experiment_id)
 
-        self.experiment_id = _retry("create the experiment", get_or_create, deadline=self.deadline)
+        with first_use_lock(self.tracking_uri):
+            self.experiment_id = _retry(
+                "create the experiment", get_or_create, deadline=self.deadline
+            )
         return self.experiment_id
 
-    def start_launch(self, *, params: Mapping[str, object] | None = None) -> str:
-        """Opens the parent run of this launch; returns its run id."""
+    def _experiment_tags(self) -> dict[str, str]:
+        return {STUDY_TAG: self.study_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+
+    def start_launch(
+        self,
+        *,
+        params: Mapping[str, object] | None = None,
+        spec_yaml: str | None = None,
+    ) -> str:
+        """Opens the parent run of this launch; returns its run id.
+
+        ``spec_yaml`` (the spec as launched) becomes the run's ``spec.yaml`` artifact.
+        """
         from mlflow.entities import Param
 
         experiment_id = self.experiment_id or self.prepare()
@@ -1045,6 +1074,13 @@ class StudyTracker:
             _retry(
                 "log the launch params",
                 lambda chunk=chunk: self.client.log_batch(self.parent_run_id, params=chunk),
+                deadline=self.deadline,
+            )
+        if spec_yaml is not None:
+            run_id = self.parent_run_id
+            _retry(
+                "log the spec",
+                lambda: self.client.log_text(run_id, spec_yaml, "spec.yaml"),
                 deadline=self.deadline,
             )
         return self.parent_run_id

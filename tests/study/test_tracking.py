@@ -155,13 +155,17 @@ def test_division_summary_reads_the_trainer_probe() -> None:
     assert division_summary(None) is None
 
 
-def test_prepare_puts_store_and_artifacts_in_the_study_folder(study: StudyTracker) -> None:
+def test_prepare_puts_artifacts_next_to_the_store_one_folder_per_study(
+    study: StudyTracker,
+) -> None:
     db = Path(study.tracking_uri.removeprefix("sqlite:///"))
-    assert db.exists() and study.artifact_root == db.parent / "artifacts"
+    assert db.exists() and study.artifact_root == db.parent / "artifacts" / "demo"
     client = MlflowClient(study.tracking_uri)
     experiment = client.get_experiment_by_name("demo")
     assert experiment is not None and experiment.experiment_id == study.experiment_id
-    assert experiment.artifact_location == (db.parent / "artifacts").as_uri()
+    assert experiment.artifact_location == (db.parent / "artifacts" / "demo").as_uri()
+    # MLflow 3.x opens the classic runs view, not the GenAI one
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert study.prepare() == study.experiment_id  # idempotent
     parent = client.get_run(study.parent_run_id)  # type: ignore[arg-type]
     assert parent.data.tags["nalu.role"] == "launch" and parent.data.params["spec"] == "quick"
