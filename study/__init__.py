@@ -8,15 +8,18 @@ from study._settings import ENV_VARS, Settings, resolve_settings
 from study._spec import StudySpec, load_spec, parse_spec
 from study._studies import StudyStatus, list_studies, study_status
 from study._tracking import (
+    MSE_FLOOR,
     ROBUST_LOWER_BOUND,
     StudyTracker,
     TrackingError,
     TrialTracker,
     config_params,
+    division_summary,
 )
 
 __all__ = [
     "ENV_VARS",
+    "MSE_FLOOR",
     "ROBUST_LOWER_BOUND",
     "Settings",
     "SettingsError",
@@ -28,6 +31,7 @@ __all__ = [
     "TrackingError",
     "TrialTracker",
     "config_params",
+    "division_summary",
     "list_studies",
     "load_spec",
     "parse_spec",

@@ -142,13 +142,33 @@ def _run(
     if stats.get("trials"):
         _console.print(overhead_line(stats), highlight=False, soft_wrap=True)
     _console.print(
-        f"results: {result.study_dir}\n"
-        f"  status: nalu-study status {spec.name} --workdir {settings.workdir}\n"
-        f"  browse: mlflow ui --backend-store-uri {settings.tracking_uri}\n"
-        f"  optuna: optuna-dashboard {settings.storage}",
+        "\n".join(browse_lines(spec.name, settings, study_dir=result.study_dir)),
         highlight=False,
         soft_wrap=True,
     )
+
+
+def browse_lines(name: str, settings: Settings, *, study_dir: Path) -> list[str]:
+    """Commands that work here to look at the study: ours always, the ecosystem's UIs when
+    they are installed (optuna-dashboard comes with the ``ui`` extra)."""
+    import shutil
+
+    workdir = settings.workdir
+    lines = [
+        f"results: {study_dir}",
+        f"  status:    nalu-study status {name} --workdir {workdir}",
+        f"  dashboard: nalu-study dashboard --workdir {workdir}   (every study of the workdir)",
+        f"  export:    nalu-study export {name} --workdir {workdir}",
+    ]
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"  mlflow:    open {settings.tracking_uri}")
+    else:
+        lines.append(f"  mlflow:    mlflow ui --backend-store-uri {settings.tracking_uri}")
+    if shutil.which("optuna-dashboard"):
+        lines.append(f"  optuna:    optuna-dashboard {settings.storage}")
+    else:
+        lines.append("  optuna:    pip install -e '.[ui]' for optuna-dashboard")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

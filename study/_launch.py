@@ -409,7 +409,11 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
         scheduler: OptunaPruningScheduler,
         heartbeat: Callable[[], None],
         every: float = 5.0,
+        total: int | None = None,
+        time_left: float | None = None,
     ) -> None:
+        self.total = total
+        self.time_left = time_left
         self.echo = echo
         self.scheduler = scheduler
         self.heartbeat = heartbeat
@@ -492,11 +496,38 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
             return
         self.last_print = now
         self.heartbeat()
+        self.echo(self.line(now - self.started))
+
+    def line(self, elapsed: float) -> str:
+        """``done X of N`` (finished trials: complete + pruned), the rest, an ETA, the best."""
         best = "-" if self.best is None else f"{self.best[0]:.3f} ({self.best[1]})"
-        self.echo(
-            f"[{now - self.started:6.0f}s] running {len(self.running)} | done {self.done} | "
-            f"pruned {self.pruned} | failed {self.failed} | best {best}"
+        finished = self.done + self.pruned
+        of = "" if self.total is None else f" of {self.total}"
+        return (
+            f"[{elapsed:6.0f}s] done {finished}{of} (pruned {self.pruned}, failed "
+            f"{self.failed}) | running {len(self.running)} | ETA {self.eta(elapsed)} | "
+            f"best {best}"
         )
+
+    def eta(self, elapsed: float) -> str:
+        """Time left at the pace so far (finished trials per second), capped by a time limit."""
+        left: float | None = None
+        finished = self.done + self.pruned
+        if self.total is not None and finished > 0:
+            left = elapsed / finished * max(0, self.total - finished)
+        if self.time_left is not None:
+            limit = max(0.0, self.time_left - elapsed)
+            left = limit if left is None else min(left, limit)
+        return "-" if left is None else _duration(left)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _nothing(*args: Any, **kwargs: Any) -> None:
@@ -826,7 +857,9 @@ def _run_tuner(
     extra_config: Mapping[str, Any],
 ) -> tuple[int, dict[str, float]]:
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     space = load_space(spec.space)
     constants = {
         "objective": {"metric": spec.objective.metric, "tie_break": spec.objective.tie_break},
@@ -852,17 +885,25 @@ def _run_tuner(
             sampler=spec.sampler.build(offset=i),
             pruner=spec.pruner.build(max_resource=spec.training.steps),
         )
+        _annotate(searches[key], spec, tracking)
     searcher = TaskGridSearcher(searches, quotas)
     scheduler = OptunaPruningScheduler(searcher)
-    progress = _Progress(echo=echo, scheduler=scheduler, heartbeat=heartbeat)
     total = searcher.total
     unlimited = spec.budget.num_samples is None
+    progress = _Progress(
+        echo=echo,
+        scheduler=scheduler,
+        heartbeat=heartbeat,
+        total=None if unlimited else total,
+        time_left=time_left,
+    )
     echo(
         f"study {spec.name}: {len(searches)} task(s), "
         f"{'unlimited' if unlimited else total} trial(s) to run"
         + ("" if time_left is None else f", {time_left:.0f}s left")
     )
     trainable = tune.with_resources(NaluTrainable, spec.resources.as_tune())
+    results = [CSVLoggerCallback(), JsonLoggerCallback()]  # type: ignore[no-untyped-call]
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -880,7 +921,9 @@ def _run_tuner(
             storage_path=str(study_dir / "ray"),
             failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
             verbose=0,
-            callbacks=[progress],
+            # Tune's CSV and JSON results stay; its TensorBoard logger (and the
+            # "run tensorboard" hint it prints, for a tool we do not install) goes
+            callbacks=[progress, *results],
         ),
     )
     wall_start = time.perf_counter()
@@ -897,6 +940,26 @@ def _run_tuner(
         "idle_after_last_start_seconds": progress.idle_after_last_start(slots),
     }
     return ran, stats
+
+
+def _annotate(search: TaskSearch, spec: StudySpec, tracking: Mapping[str, Any] | None) -> None:
+    """Optuna's own metadata: the objective's name, the spec, and where MLflow has the study.
+
+    optuna-dashboard shows the metric name on its axes and the user attributes on the study
+    page; ``mlflow_experiment_id`` leads from an Optuna study to its MLflow experiment.
+    """
+    study = search.study
+    study.set_metric_names([spec.objective.metric])
+    study.set_user_attr("spec", _jsonable_spec(spec))
+    study.set_user_attr("nalu_study", spec.name)
+    if tracking:
+        study.set_user_attr("mlflow_experiment_id", str(tracking["experiment_id"]))
+
+
+def _jsonable_spec(spec: StudySpec) -> Any:
+    import json
+
+    return json.loads(json.dumps(spec_document(spec), default=str))
 
 
 def _trial_name(trial: Any) -> str:

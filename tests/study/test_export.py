@@ -166,6 +166,7 @@ def test_all_trials_parquet_schema(trained: dict[str, Any], tmp_path: Path) -> N
     rows = {r["run_id"]: r for r in table.to_pylist()}
     pruned = rows[trained["pruned"]]
     assert pruned["state"] == "PRUNED" and pruned["status"] == "FINISHED"
+    assert pruned["trial_name"].endswith(" (pruned)")  # told apart in MLflow's runs list
     good = rows[trained["runs"][1]["run_id"]]
     assert good["state"] == "COMPLETE" and good["param.lr"] == 0.1 and good["optuna_trial"] == 1
     assert good["metric.success_rate"] == trained["runs"][1]["result"].success_rate

@@ -115,6 +115,24 @@ def test_two_launches_into_one_workdir_at_the_same_time(tmp_path: Path) -> None:
         ]
     assert legacy_studies(workdir) == []
 
+    # native metadata: the parent run carries the spec, sampler and pruner; the Optuna study
+    # names its objective and links to its MLflow experiment
+    experiment = client.get_experiment_by_name("alpha")
+    assert experiment is not None
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`nalu.role` = 'launch'"
+    )
+    assert parent.data.params["sampler"] == "random" and parent.data.params["pruner"] == "none"
+    assert parent.data.params["sampler.seed"] == "0"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["spec.yaml"]
+    alpha = optuna.load_study(
+        study_name="alpha.static-add", storage=f"sqlite:///{workdir / 'optuna.db'}"
+    )
+    assert alpha.metric_names == ["success_lower"]
+    assert alpha.user_attrs["mlflow_experiment_id"] == experiment.experiment_id
+    assert alpha.user_attrs["spec"]["sampler"] == {"name": "random", "seed": 0}
+
 
 def test_old_per_study_layout_is_still_found(tmp_path: Path) -> None:
     workdir = tmp_path / "work"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -144,14 +145,24 @@ def test_division_summary_reads_the_trainer_probe() -> None:
     }
     line = division_summary(probe)
     assert line is not None and "\n" not in line
-    assert line.startswith("fails near zero") and "1e-06..0.0001" in line
+    assert line.startswith("probe only: median MSE grows toward |den| 0")
+    assert "1e-06..0.0001" in line
+    # the verdict comes from the seeds in the extrapolation range, the probe apart
+    working = division_summary(probe, success_rate=0.62, success_ci=(0.45, 0.77))
+    assert working is not None and "fails" not in working
+    assert working.startswith("divides: 62% of seeds succeed in the extrapolation range")
+    assert "; probe only: median MSE grows toward |den| 0" in working
+    robust = division_summary(probe, success_rate=0.9, success_ci=(0.7, 0.97))
+    assert robust is not None and robust.startswith("divides robustly: 90%")
+    failing = division_summary(probe, success_rate=0.0, success_ci=(0.0, 0.1))
+    assert failing is not None and failing.startswith("fails in the extrapolation range")
     flat = {
         "bins": [
             {"lo": 1e-6, "hi": 1e-4, "mse_median": 1.0},
             {"lo": 1, "hi": 10, "mse_median": 1.0},
         ]
     }
-    assert division_summary(flat).startswith("stable")  # type: ignore[union-attr]
+    assert "flat across |den|" in division_summary(flat)  # type: ignore[operator]
     assert division_summary(None) is None
 
 
@@ -198,7 +209,13 @@ def test_trial_run_layout_metrics_and_artifacts(
         assert "solved_at_median" in metrics
 
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    expected = {"config.yaml", "seeds.parquet", "curves.png", "best_replica.safetensors"}
+    expected = {
+        "config.yaml",
+        "seeds.parquet",
+        "seeds.csv",
+        "curves.png",
+        "best_replica.safetensors",
+    }
     if op == "div":
         expected |= {"division_probe.json", "division_probe.png"}
         assert "|den|" in tags["division_summary"]
@@ -210,6 +227,9 @@ def test_trial_run_layout_metrics_and_artifacts(
     assert seeds.num_rows == 4 and seeds.column("success").to_pylist() == [
         s.success for s in result.seeds
     ]
+    twin = pa_csv.read_csv(local / "seeds.csv")  # the CSV the MLflow UI previews
+    assert twin.column_names == seeds.column_names
+    assert twin.column("seed").to_pylist() == seeds.column("seed").to_pylist()
     assert RunConfig.from_dict(yaml.safe_load((local / "config.yaml").read_text())) == config
     assert (local / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
