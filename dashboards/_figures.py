@@ -44,17 +44,22 @@ def floored(values: list[float | None]) -> tuple[list[float | None], list[bool]]
     return out, marks
 
 
-def _solved_note() -> dict[str, Any]:
-    return {
-        "text": SOLVED_NOTE,
-        "xref": "paper",
-        "yref": "paper",
-        "x": 0,
-        "y": 1.0,
-        "yanchor": "bottom",
-        "showarrow": False,
-        "font": {"size": 11, "color": "#555"},
-    }
+def _solved_note(marked: bool = True) -> list[dict[str, Any]]:
+    """The legend line for the stars, on plots that have one."""
+    if not marked:
+        return []
+    return [
+        {
+            "text": SOLVED_NOTE,
+            "xref": "paper",
+            "yref": "paper",
+            "x": 0,
+            "y": 1.0,
+            "yanchor": "bottom",
+            "showarrow": False,
+            "font": {"size": 11, "color": "#555"},
+        }
+    ]
 
 
 def _symbols(marks: list[bool], default: str = "circle") -> list[str]:
@@ -104,8 +109,10 @@ def ci_bars(rows: list[TrialRow], *, title: str, label: str = "unit") -> Figure:
 def division_figure(div: DivisionResponse) -> Figure:
     colors = unit_colors([c.unit for c in div.curves])
     traces = []
+    any_marked = False
     for curve in div.curves:
         ys, marks = floored([p.error for p in curve.points])
+        any_marked = any_marked or any(marks)
         traces.append(
             {
                 "type": "scatter",
@@ -120,10 +127,14 @@ def division_figure(div: DivisionResponse) -> Figure:
         )
     layout = _layout(
         f"{div.task}/{div.op}: extrapolation error vs |denominator| (best config per unit)",
-        xaxis={"type": "log", "title": {"text": "|denominator|"}},
-        yaxis={"type": "log", "title": {"text": "extrapolation error (median over seeds)"}},
+        xaxis={"type": "log", "title": {"text": "|denominator|"}, "exponentformat": "e"},
+        yaxis={
+            "type": "log",
+            "title": {"text": "extrapolation error (median over seeds)"},
+            "exponentformat": "e",
+        },
         height=460,
-        annotations=[_solved_note()],
+        annotations=_solved_note(any_marked),
     )
     return {"data": traces, "layout": layout}
 
@@ -232,11 +243,13 @@ def scatter_figure(sc: ScatterResponse) -> Figure:
     colors = unit_colors([p.unit for p in sc.points])
     traces = []
     shown: list[float] = []
+    any_marked = False
     for unit, color in colors.items():
         pts = [p for p in sc.points if p.unit == unit]
         xs, x_marks = floored([p.interpolation_mse_median for p in pts])
         ys, y_marks = floored([p.extrapolation_mse_median for p in pts])
         marks = [a or b for a, b in zip(x_marks, y_marks, strict=True)]
+        any_marked = any_marked or any(marks)
         shown += [v for v in xs + ys if v is not None and math.isfinite(v) and v > 0]
         traces.append(
             {
@@ -274,7 +287,7 @@ def scatter_figure(sc: ScatterResponse) -> Figure:
         xaxis={"type": "log", "title": {"text": "interpolation MSE"}, "exponentformat": "e"},
         yaxis={"type": "log", "title": {"text": "extrapolation MSE"}, "exponentformat": "e"},
         height=480,
-        annotations=[_solved_note()],
+        annotations=_solved_note(any_marked),
     )
     return {"data": traces, "layout": layout}
 
@@ -283,6 +296,7 @@ def curves_figure(
     curves: dict[str, list[CurvePoint]], *, keys: list[str], title: str, log: bool
 ) -> Figure:
     traces = []
+    any_marked = False
     for key in keys:
         points = curves.get(key)
         if not points:
@@ -291,6 +305,7 @@ def curves_figure(
         marks = [False] * len(ys)
         if log:
             ys, marks = floored(ys)
+            any_marked = any_marked or any(marks)
         trace: dict[str, Any] = {
             "type": "scatter",
             "mode": "lines+markers" if any(marks) else "lines",
@@ -305,8 +320,13 @@ def curves_figure(
             }
         traces.append(trace)
     yaxis: dict[str, Any] = {"type": "log", "exponentformat": "e"} if log else {"range": [0, 1.05]}
-    extra: dict[str, Any] = {"annotations": [_solved_note()]} if log else {}
-    layout = _layout(title, xaxis={"title": {"text": "step"}}, yaxis=yaxis, height=340, **extra)
+    layout = _layout(
+        title,
+        xaxis={"title": {"text": "step"}},
+        yaxis=yaxis,
+        height=340,
+        annotations=_solved_note(any_marked),
+    )
     return {"data": traces, "layout": layout}
 
 
@@ -330,6 +350,6 @@ def seeds_figure(seeds: list[SeedRow]) -> Figure:
         xaxis={"title": {"text": "seed"}},
         yaxis={"type": "log", "exponentformat": "e"},
         height=320,
-        annotations=[_solved_note()],
+        annotations=_solved_note(any(marks)),
     )
     return {"data": [trace], "layout": layout}

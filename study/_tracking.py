@@ -422,7 +422,8 @@ class _CurvesFigure:
             )
         )
         first, last = (min(steps), max(steps)) if steps else (0, 1)
-        self.ax_rate.set_xlim(first, max(last, first + 1))
+        # a little room on the right: a marker on the last evaluation stays whole
+        self.ax_rate.set_xlim(first, max(last, first + 1) + 0.03 * max(last - first, 1))
         self.fig.savefig(path, dpi=_DPI)
 
 

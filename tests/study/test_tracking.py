@@ -322,3 +322,44 @@ def test_unreachable_server_never_blocks_and_drops_loudly() -> None:
         assert not tracker.finish("COMPLETE", timeout=0.5)
     assert any("undelivered after the final flush" in str(w.message) for w in caught)
     assert time.perf_counter() - start < 5
+
+
+def test_curves_and_probe_pngs_keep_solved_evaluations(tmp_path: Path) -> None:
+    """MSE 0 vanishes from a log axis: curves.png draws it at MSE_FLOOR with a marker, and
+    division_probe.png has a title and its axis labels inside the image."""
+    from types import SimpleNamespace
+
+    from study import MSE_FLOOR
+    from study._tracking import _curves_figure, _plot_curves, _plot_probe
+
+    out = Path(__file__).resolve().parents[2] / "test-output" / "study"
+    out.mkdir(parents=True, exist_ok=True)
+    history = [
+        {
+            "step": step,
+            "success_rate": rate,
+            "success_lower": rate / 2,
+            "success_upper": min(1.0, rate * 1.5 + 0.1),
+            **{
+                f"{split}_mse_{q}": mse * factor
+                for split in ("interpolation", "extrapolation")
+                for q, factor in (("median", 1.0), ("q25", 0.5), ("q75", 2.0))
+            },
+        }
+        for step, rate, mse in ((100, 0.0, 1e-1), (200, 0.5, 1e-4), (300, 1.0, 0.0))
+    ]
+    result = SimpleNamespace(history=history, threshold=1e-5)
+    _plot_curves(result, out / "curves-solved.png")  # type: ignore[arg-type]
+    solved = _curves_figure().solved["extrapolation"]
+    assert list(solved.get_xdata()) == [300] and list(solved.get_ydata()) == [MSE_FLOOR]
+    low, _ = _curves_figure().ax_mse.get_ylim()
+    assert low <= MSE_FLOOR  # the floored point is inside the axis
+    assert "MSE 0, drawn at 1e-12" in _curves_figure().ax_mse.get_title()
+    assert (out / "curves-solved.png").read_bytes()[:4] == b"\x89PNG"
+
+    points = [("1e-06..1e-4", 1e-5, 1e6), ("0.1..1", 0.3, 1e-3), ("1..10", 3.0, 0.0)]
+    _plot_probe(points, out / "division_probe.png", title="nalu on static div")
+    from matplotlib.image import imread
+
+    image = imread(out / "division_probe.png")  # (H, W, 4)
+    assert image.shape[1] > 350 and image.shape[0] > 250
