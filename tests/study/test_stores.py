@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from optuna.trial import TrialState
 
 from study._stores import legacy_studies, study_stores
 
+PRINTED = ("status", "dashboard", "export", "mlflow", "optuna")
 SPACE = {"name": "tiny", "parameters": {"unit": ["nau"], "lr": {"type": "fixed", "value": 0.05}}}
 
 
@@ -85,9 +88,13 @@ def test_two_launches_into_one_workdir_at_the_same_time(tmp_path: Path) -> None:
         )
         for name in ("alpha", "beta")
     ]
+    outputs = []
     for proc in procs:
         out, _ = proc.communicate(timeout=480)
         assert proc.returncode == 0, out[-4000:]
+        outputs.append(out)
+    assert "tensorboard" not in "".join(outputs).lower()  # Tune's hint for a tool we lack
+    assert "done 1 of 1" in outputs[0]
 
     # one MLflow store, one experiment per study, each with its parent and trial run
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -132,6 +139,31 @@ def test_two_launches_into_one_workdir_at_the_same_time(tmp_path: Path) -> None:
     assert alpha.metric_names == ["success_lower"]
     assert alpha.user_attrs["mlflow_experiment_id"] == experiment.experiment_id
     assert alpha.user_attrs["spec"]["sampler"] == {"name": "random", "seed": 0}
+
+    # the commands the launch printed work as printed
+    commands = [
+        line.split(":", 1)[1].split("  (")[0].strip()
+        for line in outputs[0].splitlines()
+        if line.startswith("  ") and line.split(":", 1)[0].strip() in PRINTED
+    ]
+    assert len(commands) == len(PRINTED), outputs[0][-2000:]
+    for command in commands:
+        words = shlex.split(command)
+        if words[0] == "pip":
+            assert "'.[ui]'" in command
+            continue
+        assert shutil.which(words[0]), command
+        if words[:2] in (["nalu-study", "status"], ["nalu-study", "export"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "study", *words[1:]], env=env, capture_output=True
+            )
+            assert done.returncode == 0, (command, done.stderr[-2000:])
+        if words[:2] == ["nalu-study", "dashboard"]:
+            from dashboards._cli import _settings
+
+            workdir_arg = Path(words[words.index("--workdir") + 1])
+            uri, _ = _settings(None, tracking_uri=None, storage=None, workdir=workdir_arg)
+            assert uri == f"sqlite:///{workdir / 'mlflow.db'}"
 
 
 def test_old_per_study_layout_is_still_found(tmp_path: Path) -> None:
