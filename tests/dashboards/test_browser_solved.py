@@ -10,21 +10,17 @@ Screenshots go to <repo>/test-output/dashboards/solved-*.png (gitignored).
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from dashboards import Dashboard, create_app, write_report
+from dashboards import Dashboard, write_report
 from nalu_core import wilson_interval
 from study import MSE_FLOOR
 from tests.dashboards._study_data import TrialSpec, probe, sqlite_uri, write_study
-from tests.dashboards.test_browser import ARGS, CHROMIUM, _plot
+from tests.dashboards.test_browser import CHROMIUM, _plot, chromium_page, live_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -118,31 +114,14 @@ def solved(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def server(solved: tuple[str, list[str]]) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    app = create_app(Dashboard(solved[0], ttl=60.0))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with live_server(solved[0]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(server: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+    with chromium_page() as tab:
         yield tab
-        browser.close()
 
 
 def _trace(drawn: dict[str, Any], name: str) -> dict[str, Any]:

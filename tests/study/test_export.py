@@ -91,6 +91,15 @@ def invoke(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
 
 
+def export_all(trained: dict[str, Any], out: Path, *extra: str) -> Any:
+    """``export exp --all`` from the study's workdir, read back as an Arrow table."""
+    workdir = str(trained["workdir"])
+    res = invoke("export", "exp", "--all", "--format", "parquet", "--workdir", workdir, *extra,
+                 "--out", str(out))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return pq.read_table(out)
+
+
 def test_default_yaml_is_the_best_per_task_and_op(trained: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "best"
     res = invoke("export", "exp", "--workdir", str(trained["workdir"]), "--out", str(out))
@@ -143,22 +152,7 @@ def test_json_and_parquet_carry_the_evidence(trained: dict[str, Any], tmp_path: 
 
 
 def test_all_trials_parquet_schema(trained: dict[str, Any], tmp_path: Path) -> None:
-    out = tmp_path / "all.parquet"
-    res = invoke(
-        "export",
-        "exp",
-        "--all",
-        "--format",
-        "parquet",
-        "--tracking-uri",
-        trained["uri"],
-        "--workdir",
-        str(trained["workdir"]),
-        "--out",
-        str(out),
-    )
-    assert res.exit_code == 0, res.output
-    table = pq.read_table(out)
+    table = export_all(trained, tmp_path / "all.parquet", "--tracking-uri", trained["uri"])
     assert table.num_rows == 4
     assert table.schema.names[: len(TRIAL_SCHEMA)] == TRIAL_SCHEMA.names
     for field in TRIAL_SCHEMA:
@@ -191,21 +185,8 @@ def test_all_trials_parquet_schema(trained: dict[str, Any], tmp_path: Path) -> N
 def test_trials_dataframe_is_the_same_table(trained: dict[str, Any], tmp_path: Path) -> None:
     from study import trials_dataframe
 
-    out = tmp_path / "all.parquet"
-    res = invoke(
-        "export",
-        "exp",
-        "--all",
-        "--format",
-        "parquet",
-        "--workdir",
-        str(trained["workdir"]),
-        "--out",
-        str(out),
-    )
-    assert res.exit_code == 0, res.output
+    table = export_all(trained, tmp_path / "all.parquet")
     frame = trials_dataframe("exp", workdir=trained["workdir"])
-    table = pq.read_table(out)
     assert list(frame.columns) == table.schema.names and len(frame) == table.num_rows
     assert str(frame["param.lr"].dtype) == "float64"
     assert (
