@@ -397,6 +397,7 @@ class LaunchResult:
     wall_seconds: float
     trials_run: int
     stats: dict[str, float] = field(default_factory=dict)
+    experiment_id: str | None = None  # the study's MLflow experiment, when it was tracked
 
 
 class _Progress(_import_tune().Callback):  # type: ignore[misc]
@@ -665,6 +666,7 @@ def launch(
         wall_seconds=wall,
         trials_run=ran,
         stats=stats,
+        experiment_id=None if tracker is None else tracker.experiment_id,
     )
 
 

@@ -147,6 +147,9 @@ def test_two_launches_into_one_workdir_at_the_same_time(tmp_path: Path) -> None:
         if line.startswith("  ") and line.split(":", 1)[0].strip() in PRINTED
     ]
     assert len(commands) == len(PRINTED), outputs[0][-2000:]
+    # MLflow 3.x's classic view of this very experiment
+    page = f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert page in outputs[0]
     for command in commands:
         words = shlex.split(command)
         if words[0] == "pip":
