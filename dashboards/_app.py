@@ -34,6 +34,17 @@ log = logging.getLogger("dashboards")
 PLOTLY_SRC = '<script src="/static/plotly.min.js"></script>'
 Task = Annotated[str | None, Query(description="task name, e.g. static; default: the commonest")]
 Op = Annotated[str | None, Query(description="op, e.g. add, sub, mul, div")]
+Params = Annotated[
+    str | None,
+    Query(max_length=2000, description="comma-separated parameters to draw, e.g. unit,lr"),
+]
+
+
+def _axes(params: str | None) -> list[str] | None:
+    chosen = [p.strip() for p in (params or "").split(",") if p.strip()]
+    return chosen or None
+
+
 Evaluator = Annotated[
     str, Query(description="Optuna importance evaluator: ped_anova (default), fanova or mdi")
 ]
@@ -185,9 +196,14 @@ def _add_api(app: FastAPI, dash: Dashboard) -> None:
         return dash.importance(study, task=task, op=op, evaluator=evaluator, wait=wait)
 
     @app.get("/api/studies/{study:path}/parallel", tags=["api"], responses=errors)
-    def api_parallel(study: str, task: Task = None, op: Op = None) -> ParallelResponse:
-        """Varying hyperparameters and success rate of every complete trial."""
-        return dash.parallel(study, task=task, op=op)
+    def api_parallel(
+        study: str, task: Task = None, op: Op = None, params: Params = None
+    ) -> ParallelResponse:
+        """Varying hyperparameters and success rate of every complete trial.
+
+        ``params``: comma-separated axes; default ``unit`` and the params the success rate
+        moves with most (at most 8)."""
+        return dash.parallel(study, task=task, op=op, params=_axes(params))
 
     @app.get("/api/studies/{study:path}/scatter", tags=["api"], responses=errors)
     def api_scatter(study: str, task: Task = None, op: Op = None) -> ScatterResponse:
@@ -247,13 +263,17 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
         )
 
     @app.get("/studies/{study:path}/plots", include_in_schema=False)
-    def plots_page(study: str, task: Task = None, op: Op = None) -> HTMLResponse:
+    def plots_page(
+        study: str, task: Task = None, op: Op = None, params: Params = None
+    ) -> HTMLResponse:
         # ~1 MB of figure JSON for 10,000 trials: render it once per read of the trials
+        axes = _axes(params)
         body = dash.memo(
             study,
-            ("plots-html", task, op),
+            ("plots-html", task, op, tuple(axes or ())),
             lambda _: pages.plots_section(
-                dash.parallel(study, task=task, op=op), dash.scatter(study, task=task, op=op)
+                dash.parallel(study, task=task, op=op, params=axes),
+                dash.scatter(study, task=task, op=op),
             ),
         )
         return _html(f"{study} plots", body, pages.study_nav(LINKS, study))

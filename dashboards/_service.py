@@ -264,12 +264,20 @@ class Dashboard:
             raise
 
     def parallel(
-        self, study: str, *, task: str | None = None, op: str | None = None
+        self,
+        study: str,
+        *,
+        task: str | None = None,
+        op: str | None = None,
+        params: list[str] | None = None,
     ) -> ParallelResponse:
+        chosen = tuple(params or ())
         return self.memo(
             study,
-            ("parallel", task, op),
-            lambda trials: views.parallel(study, trials, task=task, op=op),
+            ("parallel", task, op, chosen),
+            lambda trials: views.parallel(
+                study, trials, task=task, op=op, params=list(chosen) or None
+            ),
         )
 
     def scatter(

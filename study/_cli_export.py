@@ -37,7 +37,7 @@ def export(
     from nalu_core import ConfigError
     from study._cli_output import check_output, fail, fail_with
     from study._errors import StudyError
-    from study._export import ExportFormat, default_out, write_export
+    from study._export import ExportFormat, default_out, study_context, write_export
     from study._settings import redact, resolve_settings
     from study._studies import sqlite_path
 
@@ -67,8 +67,19 @@ def export(
                 field="name",
             )
         check_output(target, field="out")  # before the (slow) reads
+        stores, space = (
+            study_context(name, workdir=workdir, tracking_uri=settings.tracking_uri)
+            if all_trials
+            else ({}, None)
+        )
         written = write_export(
-            settings.tracking_uri, name, fmt=chosen, out=target, all_trials=all_trials
+            settings.tracking_uri,
+            name,
+            fmt=chosen,
+            out=target,
+            all_trials=all_trials,
+            space=space,
+            storage=stores.get("storage"),
         )
     except (StudyError, ConfigError) as err:
         raise fail(err) from None

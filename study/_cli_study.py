@@ -32,6 +32,8 @@ from study._studies import (
     study_status,
 )
 
+# the query that opens MLflow 3.x's classic runs view (see browse_lines)
+MLFLOW_CLASSIC_VIEW = "workflowType=machine_learning"
 # a pipe or a CI log is not 80 columns wide: keep the summary table's rows on one line each
 _console = Console() if sys.stdout.isatty() else Console(width=200)
 
@@ -164,10 +166,14 @@ def _run(
         _console.print(overhead_line(stats), highlight=False, soft_wrap=True)
     _console.print(
         redact(
-            f"results: {result.study_dir}\n"
-            f"  status: nalu-study status {spec.name} --workdir {settings.workdir}\n"
-            f"  browse: mlflow ui --backend-store-uri {settings.tracking_uri}\n"
-            f"  optuna: optuna-dashboard {settings.storage}"
+            "\n".join(
+                browse_lines(
+                    spec.name,
+                    settings,
+                    study_dir=result.study_dir,
+                    experiment_id=result.experiment_id,
+                )
+            ),
         ),
         highlight=False,
         soft_wrap=True,
@@ -193,6 +199,39 @@ def _check_name(name: str | None) -> None:
         from study._settings import check_study_name
 
         check_study_name(name)
+
+
+def browse_lines(
+    name: str, settings: Settings, *, study_dir: Path, experiment_id: str | None = None
+) -> list[str]:
+    """Commands that work here to look at the study: ours always, the ecosystem's UIs when
+    they are installed (optuna-dashboard comes with the ``ui`` extra).
+
+    MLflow 3.17's UI opens experiments in its GenAI view unless the URL says
+    ``workflowType=machine_learning`` (its global GenAI / Model training switch, kept in the
+    browser, wins over the experiment's ``mlflow.experimentKind`` tag), so the page to open
+    is printed with it."""
+    import shutil
+
+    workdir = settings.workdir
+    lines = [
+        f"results: {study_dir}",
+        f"  status:    nalu-study status {name} --workdir {workdir}",
+        f"  dashboard: nalu-study dashboard --workdir {workdir}   (every study of the workdir)",
+        f"  export:    nalu-study export {name} --workdir {workdir}",
+    ]
+    page = "/#/experiments" + (f"/{experiment_id}/runs" if experiment_id else "")
+    page += f"?{MLFLOW_CLASSIC_VIEW}"
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"  mlflow:    open {settings.tracking_uri.rstrip('/')}{page}")
+    else:
+        lines.append(f"  mlflow:    mlflow ui --backend-store-uri {settings.tracking_uri}")
+        lines.append(f"             then open http://127.0.0.1:5000{page}")
+    if shutil.which("optuna-dashboard"):
+        lines.append(f"  optuna:    optuna-dashboard {settings.storage}")
+    else:
+        lines.append("  optuna:    pip install -e '.[ui]' for optuna-dashboard")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

@@ -320,6 +320,25 @@ def _summary(console: Console, result: Any) -> None:
         console.print(probe)
 
 
+def describe(config: Any, *, defaults: bool = False) -> str:
+    """One line: what is about to be trained (unit, task, seeds x steps, lr, device)."""
+    layers = config.model.layers
+    units = (
+        layers[0].unit
+        if len({layer.unit for layer in layers}) == 1
+        else "/".join(layer.unit for layer in layers)
+    )
+    options = ", ".join(f"{k}={v}" for k, v in config.task.options.items())
+    train = config.train
+    line = (
+        f"training {units} (depth {config.model.depth}, hidden {config.model.hidden_size}) on "
+        f"{config.task.name} {config.task.op}{f' ({options})' if options else ''}: "
+        f"{train.seeds} seeds x {train.steps:,} steps, lr {train.lr:g}, {train.optimizer}, "
+        f"device {train.device}"
+    )
+    return line + ("  [defaults; see --help to choose]" if defaults else "")
+
+
 def train(
     unit: Annotated[str | None, typer.Option(help=_UNIT_HELP)] = None,
     task: Annotated[
@@ -431,6 +450,10 @@ def train(
         raise _usage_error(err) from err
 
     console = Console(stderr=True)
+    if not quiet:
+        chosen = (config, unit, task, op, seeds, steps)
+        defaults = all(v is None for v in chosen)
+        console.print(describe(run_config, defaults=defaults), highlight=False, soft_wrap=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

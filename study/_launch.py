@@ -474,6 +474,7 @@ class LaunchResult:
     wall_seconds: float
     trials_run: int
     stats: dict[str, float] = field(default_factory=dict)
+    experiment_id: str | None = None  # the study's MLflow experiment, when it was tracked
 
 
 class _Progress(_import_tune().Callback):  # type: ignore[misc]
@@ -486,7 +487,11 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
         scheduler: OptunaPruningScheduler,
         heartbeat: Callable[[], None],
         every: float = 5.0,
+        total: int | None = None,
+        time_left: float | None = None,
     ) -> None:
+        self.total = total
+        self.time_left = time_left
         self.echo = echo
         self.scheduler = scheduler
         self.heartbeat = heartbeat
@@ -586,14 +591,32 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
             return
         self.last_print = now
         self.heartbeat()
-        best = "-" if self.best is None else f"{self.best[0]:.3f} ({self.best[1]})"
-        self.echo(
-            f"[{now - self.started:6.0f}s] running {len(self.running)} | done {self.done} | "
-            f"pruned {self.pruned} | failed {self.failed} | best {best}"
-        )
+        self.echo(self.line(now - self.started))
         for trial_id in sorted(self.trial_steps):
             if trial_id in self.running:
                 self.echo("  " + trial_progress(*self.trial_steps[trial_id]))
+
+    def line(self, elapsed: float) -> str:
+        """``done X of N`` (finished trials: complete + pruned), the rest, an ETA, the best."""
+        best = "-" if self.best is None else f"{self.best[0]:.3f} ({self.best[1]})"
+        finished = self.done + self.pruned
+        of = "" if self.total is None else f" of {self.total}"
+        return (
+            f"[{elapsed:6.0f}s] done {finished}{of} (pruned {self.pruned}, failed "
+            f"{self.failed}) | running {len(self.running)} | ETA {self.eta(elapsed)} | "
+            f"best {best}"
+        )
+
+    def eta(self, elapsed: float) -> str:
+        """Time left at the pace so far (finished trials per second), capped by a time limit."""
+        left: float | None = None
+        finished = self.done + self.pruned
+        if self.total is not None and finished > 0:
+            left = elapsed / finished * max(0, self.total - finished)
+        if self.time_left is not None:
+            limit = max(0.0, self.time_left - elapsed)
+            left = limit if left is None else min(left, limit)
+        return "-" if left is None else _duration(left)
 
 
 def trial_progress(label: str, step: int, total: int, wall: float, restored: int) -> str:
@@ -609,12 +632,12 @@ def trial_progress(label: str, step: int, total: int, wall: float, restored: int
 
 
 def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _nothing(*args: Any, **kwargs: Any) -> None:
@@ -699,14 +722,14 @@ def _node_capacities() -> list[dict[str, float]]:
 def _study_tracker(settings: Settings, spec: StudySpec, study_dir: Path) -> Any:
     from study import _tracking
 
-    # A store the driver opens itself (SQLite, a database, file:) keeps artifacts in the study
-    # folder; a server (http://) keeps them where it is configured to, so they travel through
-    # it, not to this node's disk.
+    # A store the driver opens itself (SQLite, a database, file:) keeps artifacts in the
+    # workdir's artifacts/<study>/; a server (http://) keeps them where it is configured to,
+    # so they travel through it, not to this node's disk.
     local = not settings.tracking_uri.startswith(("http://", "https://"))
     return _tracking.StudyTracker(
         settings.tracking_uri,
         study_name=spec.name,
-        artifact_root=study_dir / "artifacts" if local else None,
+        artifact_root=settings.artifact_root if local else None,
     )
 
 
@@ -858,6 +881,7 @@ def _drive(
         wall_seconds=wall,
         trials_run=ran,
         stats=stats,
+        experiment_id=None if tracker is None else tracker.experiment_id,
     )
 
 
@@ -932,12 +956,36 @@ def _prepare_tracking(
     experiment_id = tracker.prepare()
     if resume:
         tracker.reconcile()
-    parent = tracker.start_launch(params={"study": spec.name, "resume": resume})
+    parent = tracker.start_launch(
+        params=launch_params(spec, resume=resume),
+        spec_yaml=yaml.safe_dump(spec_document(spec), sort_keys=False),
+    )
     return {
         "uri": settings.tracking_uri,
         "experiment_id": experiment_id,
         "parent_run_id": parent,
         "study": spec.name,
+    }
+
+
+def launch_params(spec: StudySpec, *, resume: bool) -> dict[str, object]:
+    """The parent run's params: what a reader of the runs list needs to compare launches."""
+    return {
+        "study": spec.name,
+        "resume": resume,
+        "space": spec.space,
+        "tasks": ",".join(spec.task_keys()),
+        "sampler": spec.sampler.name,
+        "sampler.seed": spec.sampler.seed,
+        "sampler.options": dict(spec.sampler.options),
+        "pruner": spec.pruner.name,
+        "pruner.options": dict(spec.pruner.options),
+        "objective": spec.objective.metric,
+        "objective.tie_break": spec.objective.tie_break,
+        "seeds": spec.training.seeds,
+        "steps": spec.training.steps,
+        "num_samples": spec.budget.num_samples,
+        "time_limit": spec.budget.time_limit,
     }
 
 
@@ -1093,7 +1141,9 @@ def _run_tuner(
     extra_config: Mapping[str, Any],
 ) -> tuple[int, dict[str, float]]:
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     space = load_space(spec.space)
     constants = {
         "objective": {"metric": spec.objective.metric, "tie_break": spec.objective.tie_break},
@@ -1110,7 +1160,7 @@ def _run_tuner(
             space=space,
             task=task,
             train=spec.training.train_overrides(),
-            checkpoint_root=study_dir / "checkpoints",
+            checkpoint_root=study_dir / "ray" / "checkpoints",
             constants=constants,
         )
         searches[key] = TaskSearch(
@@ -1124,17 +1174,25 @@ def _run_tuner(
         if spec.sampler.enqueue and not study.get_trials(deepcopy=False):
             for point in spec.sampler.enqueue:  # a new study tries these first
                 study.enqueue_trial(dict(point), user_attrs={"enqueued": True})
+        _annotate(searches[key], spec, tracking)
     searcher = TaskGridSearcher(searches, quotas)
     scheduler = OptunaPruningScheduler(searcher)
-    progress = _Progress(echo=echo, scheduler=scheduler, heartbeat=heartbeat)
     total = searcher.total
     unlimited = spec.budget.num_samples is None
+    progress = _Progress(
+        echo=echo,
+        scheduler=scheduler,
+        heartbeat=heartbeat,
+        total=None if unlimited else total,
+        time_left=time_left,
+    )
     echo(
         f"study {spec.name}: {len(searches)} task(s), "
         f"{'unlimited' if unlimited else total} trial(s) to run"
         + ("" if time_left is None else f", {time_left:.0f}s left")
     )
     trainable = tune.with_resources(NaluTrainable, spec.resources.as_tune())
+    results = [CSVLoggerCallback(), JsonLoggerCallback()]  # type: ignore[no-untyped-call]
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -1152,7 +1210,9 @@ def _run_tuner(
             storage_path=str(study_dir / "ray"),
             failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
             verbose=0,
-            callbacks=[progress],
+            # Tune's CSV and JSON results stay; its TensorBoard logger (and the
+            # "run tensorboard" hint it prints, for a tool we do not install) goes
+            callbacks=[progress, *results],
         ),
     )
     wall_start = time.perf_counter()
@@ -1210,6 +1270,26 @@ def _quiet_restore_hint() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoRestoreHint) for f in logger.filters):
             logger.addFilter(_NoRestoreHint())
+
+
+def _annotate(search: TaskSearch, spec: StudySpec, tracking: Mapping[str, Any] | None) -> None:
+    """Optuna's own metadata: the objective's name, the spec, and where MLflow has the study.
+
+    optuna-dashboard shows the metric name on its axes and the user attributes on the study
+    page; ``mlflow_experiment_id`` leads from an Optuna study to its MLflow experiment.
+    """
+    study = search.study
+    study.set_metric_names([spec.objective.metric])
+    study.set_user_attr("spec", _jsonable_spec(spec))
+    study.set_user_attr("nalu_study", spec.name)
+    if tracking:
+        study.set_user_attr("mlflow_experiment_id", str(tracking["experiment_id"]))
+
+
+def _jsonable_spec(spec: StudySpec) -> Any:
+    import json
+
+    return json.loads(json.dumps(spec_document(spec), default=str))
 
 
 def _trial_name(trial: Any) -> str:

@@ -55,8 +55,11 @@ def check_study_name(name: str, *, field: str = "name") -> str:
 class Settings:
     """Resolved settings for one study.
 
-    ``ray_address`` ``None`` starts (or joins) a local Ray instance. The embedded defaults put
-    MLflow's tracking store and Optuna's storage in SQLite files inside the study's folder.
+    ``ray_address`` ``None`` starts (or joins) a local Ray instance. The embedded defaults are
+    one store per workdir, shared by all its studies: ``<workdir>/mlflow.db`` (one MLflow
+    experiment per study) and ``<workdir>/optuna.db`` (Optuna studies ``<study>.<task>-<op>``),
+    so that ``mlflow ui``, optuna-dashboard and ``nalu-study dashboard`` see every study at once.
+    A study's own folder keeps its record, its Ray results and its exports.
     """
 
     ray_address: str | None
@@ -67,6 +70,19 @@ class Settings:
     def study_dir(self, study_name: str) -> Path:
         """``<workdir>/<study_name>``; a name such as ``../x`` never leaves the workdir."""
         return self.workdir / check_study_name(study_name)
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where a store the driver opens itself (SQLite, a database) keeps run artifacts."""
+        return self.workdir / "artifacts"
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def default_storage(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'optuna.db'}"
 
 
 def _validate(name: str, value: str) -> str:
@@ -121,10 +137,9 @@ def resolve_settings(
     if study_name != ANY_STUDY:
         check_study_name(study_name)
     workdir = Path(pick("workdir") or DEFAULT_WORKDIR).expanduser().resolve()
-    study_dir = workdir / study_name
     return Settings(
         ray_address=pick("ray_address"),
-        tracking_uri=pick("tracking_uri") or f"sqlite:///{study_dir / 'mlflow.db'}",
-        storage=pick("storage") or f"sqlite:///{study_dir / 'optuna.db'}",
+        tracking_uri=pick("tracking_uri") or default_tracking_uri(workdir),
+        storage=pick("storage") or default_storage(workdir),
         workdir=workdir,
     )

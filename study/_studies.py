@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study._errors import SettingsError, StudyError
 from study._settings import redact
+from study._stores import first_use_lock
 
 RECORD = "study.json"
 SPEC = "spec.yaml"
@@ -298,13 +299,16 @@ def open_storage(url: str, *, attempts: int = 3) -> optuna.storages.RDBStorage:
     Two processes opening the same new SQLite file at once (a launch creating it while
     ``nalu-study status`` reads it) both run Optuna's CREATE TABLE and its alembic stamp;
     the loser fails ("table ... already exists", "UNIQUE constraint failed: alembic_version",
-    "database is locked"), and a second open finds the tables made.
+    "database is locked"), and a second open finds the tables made. A SQLite file is opened
+    under :func:`first_use_lock`, so launches that share a workdir's ``optuna.db`` never race;
+    the retries remain for readers of a store made by an older version without the lock.
     """
     import sqlalchemy.exc
 
     for attempt in range(1, attempts + 1):
         try:
-            return optuna.storages.RDBStorage(url)
+            with first_use_lock(url):
+                return optuna.storages.RDBStorage(url)
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
             raced = any(m in str(err) for m in _CONCURRENT_CREATE)
             if not raced or attempt == attempts:
