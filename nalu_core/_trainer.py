@@ -20,9 +20,18 @@ import torch
 
 from nalu_core._config import RunConfig, TrainConfig
 from nalu_core._device import resolve_device, resolve_dtype
-from nalu_core._metrics import median, population_mse, quantiles, succeeded, wilson_interval
+from nalu_core._metrics import (
+    converged,
+    late_share,
+    median,
+    population_mse,
+    quantiles,
+    succeeded,
+    wilson_interval,
+)
 from nalu_core._optim import PopulationOptimizer
 from nalu_core._tasks import PopulationModule, ProbeBin, Task, build_task
+from nalu_core._tasks_sequence import SequenceTask, evaluate_splits, summarize_splits
 
 Tensor = torch.Tensor
 
@@ -73,6 +82,10 @@ class EvalReport:
         ):
             q25, q50, q75 = quantiles(values)
             out |= {f"{split}_mse_median": q50, f"{split}_mse_q25": q25, f"{split}_mse_q75": q75}
+        if "train" in self.split_mse:
+            # the tasks that evaluate their training distribution: the loss whose plateau
+            # decides convergence (TrainResult.metrics)
+            out["train_mse_median"] = median(self.split_mse["train"])
         return out
 
 
@@ -117,6 +130,8 @@ class TrainResult:
     division_probe: dict[str, Any] | None
     steps: int = 0
     train_seconds: float = 0.0
+    # sequence tasks: their own metrics (MAE, accuracy) at each replica's best step
+    task_metrics: dict[str, float] = field(default_factory=dict)
     _best_state: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def metrics(self) -> dict[str, float]:
@@ -136,6 +151,11 @@ class TrainResult:
         out["solved_at_median"] = median(solved) if solved else math.nan
         out["sparsity_error_median"] = median([s.sparsity_error for s in seeds])
         out["threshold"] = math.nan if self.threshold is None else self.threshold
+        out |= self.task_metrics
+        curve = [h["train_mse_median"] for h in self.history if "train_mse_median" in h]
+        if curve:
+            out["train_mse_late_share"] = late_share(curve)
+            out["converged"] = float(converged(curve))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -506,6 +526,7 @@ class PopulationTrainer:
             with torch.no_grad():
                 sparsity = self.network.sparsity_error().double()  # (P,)
             probe = self._division_probe()
+            task_metrics = self._task_metrics()
         finally:
             self._swap_back(current)
         success = self.success
@@ -542,8 +563,18 @@ class PopulationTrainer:
             division_probe=probe,
             steps=self.step,
             train_seconds=self.train_seconds,
+            task_metrics=task_metrics,
             _best_state=self._best_replica_state(),
         )
+
+    def _task_metrics(self) -> dict[str, float]:
+        """A sequence task's own metrics (MAE, accuracy) of the parameters in the network."""
+        if not isinstance(self.task, SequenceTask):
+            return {}
+        report = evaluate_splits(
+            self.task, self.network, self.eval_sets, population=self.population
+        )
+        return summarize_splits(report, diverged=self.diverged.tolist())
 
     def _best_replica_state(self) -> dict[str, Tensor]:
         # rank: successes first, then the lowest extrapolation MSE at the best step

@@ -51,6 +51,7 @@ NODE_TAG = "nalu.node"
 PARENT_TAG = "mlflow.parentRunId"
 ROBUST_TAG = "robust"
 DIVISION_TAG = "division_summary"
+CONVERGED_TAG = "converged"
 DROPPED_TAG = "nalu.dropped_metrics"
 RECONCILED_TAG = "nalu.reconciled"
 
@@ -881,6 +882,9 @@ class TrialTracker:
         missing = {k: v for k, v in config_params(result.config).items() if k not in self._params}
         self._params.update(missing)
         tags = {ROBUST_TAG: str(is_robust(float(result.success_ci[0]))).lower()}
+        if "converged" in final:
+            # the sequence tasks' verdict on their training loss (TrainResult.metrics)
+            tags[CONVERGED_TAG] = str(final["converged"] == 1.0).lower()
         if result.config.task.op == "div":
             tags[DIVISION_TAG] = division_summary(result.division_probe) or "no probe recorded"
         folder = Path(tempfile.mkdtemp(prefix="nalu-artifacts-"))
