@@ -18,6 +18,8 @@ TASKS = {
     "division": TaskConfig(name="static", op="div", options={"input_size": 2}),
     "mnist-count": TaskConfig(name="mnist-count", op="add"),
     "number-translation": TaskConfig(name="number-translation", op="add"),
+    "trask2018-mnist": TaskConfig(name="mnist-add", op="add"),
+    "trask2018-translation": TaskConfig(name="number-translation", op="add"),
 }
 SHIPPED = {
     "quick",
@@ -26,6 +28,8 @@ SHIPPED = {
     "division",
     "mnist-count",
     "number-translation",
+    "trask2018-mnist",
+    "trask2018-translation",
 }
 POINTS = 50
 
