@@ -55,6 +55,7 @@ RUN_NAME_TAG = "mlflow.runName"
 PRUNED_SUFFIX = "(pruned)"
 ROBUST_TAG = "robust"
 DIVISION_TAG = "division_summary"
+CONVERGED_TAG = "converged"
 DROPPED_TAG = "nalu.dropped_metrics"
 RECONCILED_TAG = "nalu.reconciled"
 # MLflow 3.x opens an experiment in its GenAI view unless this tag says otherwise; its UI
@@ -958,6 +959,9 @@ class TrialTracker:
         missing = {k: v for k, v in config_params(result.config).items() if k not in self._params}
         self._params.update(missing)
         tags = {ROBUST_TAG: str(is_robust(float(result.success_ci[0]))).lower()}
+        if "converged" in final:
+            # the sequence tasks' verdict on their training loss (TrainResult.metrics)
+            tags[CONVERGED_TAG] = str(final["converged"] == 1.0).lower()
         if result.config.task.op == "div":
             summary = division_summary(
                 result.division_probe,

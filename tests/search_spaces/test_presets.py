@@ -20,6 +20,8 @@ TASKS = {
     "madsen2020-rows": TaskConfig(name="static", op="mul"),
     "mnist-count": TaskConfig(name="mnist-count", op="add"),
     "number-translation": TaskConfig(name="number-translation", op="add"),
+    "trask2018-mnist": TaskConfig(name="mnist-add", op="add"),
+    "trask2018-translation": TaskConfig(name="number-translation", op="add"),
 }
 SHIPPED = {
     "quick",
@@ -28,6 +30,8 @@ SHIPPED = {
     "division",
     "mnist-count",
     "number-translation",
+    "trask2018-mnist",
+    "trask2018-translation",
 }
 POINTS = 50
 

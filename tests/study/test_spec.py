@@ -62,7 +62,17 @@ def test_valid_spec_expands_the_task_grid(base_dir: Path) -> None:
     assert spec.pruner.build(max_resource=200).__class__.__name__ == "MedianPruner"
 
 
-@pytest.mark.parametrize("name", ["quick", "arithmetic", "madsen2020", "mistry2022-division"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "quick",
+        "arithmetic",
+        "madsen2020",
+        "mistry2022-division",
+        "trask2018-mnist",
+        "trask2018-translation",
+    ],
+)
 def test_shipped_specs_load(name: str) -> None:
     assert name in shipped_specs()
     spec = load_spec(name)
