@@ -28,13 +28,15 @@ def _settings(
         "storage": storage,
         "workdir": str(workdir) if workdir else None,
     }
+    explicit_uri = tracking_uri or os.environ.get(ENV_VARS["tracking_uri"])
+    # with a tracking URI given, ``study`` is only an MLflow experiment name, which may be any
+    # string; it must be a valid folder name only to find a study folder in the workdir
     try:
-        settings = resolve_settings(study or "_", cli=cli)
+        settings = resolve_settings(study if study and not explicit_uri else "_", cli=cli)
     except SettingsError as err:
         raise typer.BadParameter(
             str(err), param_hint=f"--{(err.field or '').replace('_', '-')}"
         ) from err
-    explicit_uri = tracking_uri or os.environ.get(ENV_VARS["tracking_uri"])
     explicit_storage = storage or os.environ.get(ENV_VARS["storage"])
     uri: str = settings.tracking_uri
     default_storage: str | None = settings.storage
