@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from nalu_core import _fused
 from nalu_core._config import ModelConfig, TaskConfig
 from nalu_core._errors import ConfigError
 
@@ -338,6 +339,27 @@ def _index_hashes(n: int, device: torch.device) -> Tensor:
     return _mix32_(torch.arange(n, dtype=torch.int32, device=device))
 
 
+# --- the fused sampler: the hash and the range map as one compiled pass (CPU, float32) ---
+# (nalu_core._fused): no int32 temporaries, no per-step allocation, the plain numbers.
+
+
+def _hash_into(
+    index: Tensor, low: Tensor, high: Tensor, out: Tensor, scale: float, lo: float
+) -> None:
+    z = (index ^ low) + high  # (P, n)
+    z = z ^ ((z >> 16) & 0xFFFF)
+    z = z * _MIX32_1
+    z = z ^ ((z >> 15) & 0x1FFFF)
+    z = z * _MIX32_2
+    z = z ^ ((z >> 16) & 0xFFFF)
+    out.copy_(torch.mul(z & 0xFFFFFF, scale) + lo)
+
+
+def fused_sampler_enabled(elements: int, *, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`counter_uniform` takes the compiled pass for a draw of this size."""
+    return _fused.enabled("sampler", elements, device=device, dtype=dtype)
+
+
 def counter_uniform(
     seeds: Tensor,
     step: int,
@@ -346,6 +368,7 @@ def counter_uniform(
     dtype: torch.dtype,
     interval: Interval = (0.0, 1.0),
     out: Tensor | None = None,
+    fused: bool | None = None,
 ) -> Tensor:
     """U[lo, hi) numbers (P, n) on ``seeds``' device with 24 random bits each: row p is a
     function of ``(seeds[p], step)`` only, so it is the same whatever the other rows.
@@ -354,6 +377,8 @@ def counter_uniform(
     the two halves of splitmix64(seed, step): one hash round per element at run time.
     ``out`` (P * n elements of ``dtype``) is written instead of a fresh tensor: a large
     fresh one costs page faults every call (glibc maps blocks over 32 MiB anew each time).
+    ``fused``: take the compiled single pass (same numbers); None: when
+    :func:`fused_sampler_enabled`.
     """
     lo, hi = interval
     low, high = counter_keys(seeds, step)  # (P, 1), (P, 1)
@@ -362,6 +387,13 @@ def counter_uniform(
         out = torch.empty(P, n, dtype=dtype, device=device)
     out = out.view(P, n)
     index = _index_hashes(n, device)  # (n,)
+    if fused is None:
+        fused = fused_sampler_enabled(P * n, device=device, dtype=out.dtype)
+    if fused:
+        lo_f, hi_f = interval
+        scale = (hi_f - lo_f) * 2.0**-24
+        if _fused.run("sampler", _hash_into, index, low, high, out, scale, lo_f)[0]:
+            return out
     rows = P if device.type != "cpu" else max(1, _COUNTER_CHUNK // n)
     for r0 in range(0, P, rows):
         r1 = min(P, r0 + rows)
@@ -478,8 +510,17 @@ def _subset_masks(
     input_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    groups: int = 0,
 ) -> Tensor:
-    """0/1 masks (P, in, 2): column 0 selects replica p's ``a`` subset, column 1 its ``b``."""
+    """0/1 masks (P, in, 2): column 0 selects replica p's ``a`` subset, column 1 its ``b``.
+
+    ``groups`` G > 0: the same masks as one matrix per group of P/G replicas, side by side,
+    (G, in, P/G·2), so that a group's shared batch meets all its replicas in one GEMM."""
+    if groups:
+        masks = _subset_masks(offsets, size, shared, input_size, device, dtype)  # (P, in, 2)
+        per_group = len(offsets) // groups
+        stacked = masks.view(groups, per_group, input_size, 2).permute(0, 2, 1, 3)
+        return stacked.reshape(groups, input_size, per_group * 2)
     masks = torch.zeros(len(offsets), input_size, 2, dtype=dtype)
     for p, offset in enumerate(offsets):
         masks[p, offset : offset + size, 0] = 1
@@ -659,15 +700,23 @@ class StaticArithmetic(Task):
         bound, from ``x (P, B, in)`` or a shared ``x (N, in)``."""
         if self.replica_offsets is None:
             return _subset_sum(x, self.a_slice), _subset_sum(x, self.b_slice)
-        masks = _subset_masks(
+        key = (
             self.replica_offsets,
             self.subset_size,
             self.shared_size,
             self.input_size,
             x.device,
             x.dtype,
-        )  # (P, in, 2)
-        ab = x @ masks  # (P, B, 2); a shared (N, in) broadcasts to (P, N, 2)
+        )
+        P, groups = len(self.replica_offsets), x.shape[0]
+        if x.dim() == 3 and groups != P:
+            # x (G, B, in) shared by groups of P/G replicas (TrainConfig.data_streams): one
+            # GEMM per group against its replicas' masks side by side
+            size, B = P // groups, x.shape[1]
+            ab = torch.bmm(x, _subset_masks(*key, groups))  # (G, B, P/G·2)
+            ab = ab.view(groups, B, size, 2).transpose(1, 2).reshape(P, B, 2)
+        else:
+            ab = x @ _subset_masks(*key)  # (P, B, 2); a shared (N, in) broadcasts (P, N, 2)
         return ab[..., 0:1], ab[..., 1:2]
 
     def _target(self, x: Tensor) -> Tensor:
@@ -704,7 +753,9 @@ class StaticArithmetic(Task):
             x = counter_uniform(seeds, step, n, dtype=dtype, out=out)
             x = uniform_to_ranges(x, self.interpolation)
         x = x.view(P, batch_size, self.input_size)  # (P, B, in)
-        return x, self._target(x)  # (P, B, in), (P, B, 1)
+        # (P, B, 1); bound to per-replica subsets with fewer seeds than replicas (one per
+        # group of replicas): every replica's own targets of its group's x, (replicas, B, 1)
+        return x, self._target(x)
 
     def evaluation_sets(
         self, generator: torch.Generator, n: int, *, dtype: torch.dtype

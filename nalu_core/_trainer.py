@@ -6,6 +6,13 @@ step for tasks with ``counter_sampling``, else its own data generator), so a rep
 the same way whatever the population size. Replicas share nothing but the program: the
 loss is a sum of per-replica losses, clipping is per replica and Adam/RMSprop/SGD are
 element-wise, so a diverged replica can be frozen without touching the others.
+
+With ``data_streams = G < P`` the replicas form G consecutive groups of P/G; group g draws
+one batch per step from the stream of its first replica (seed ``seed + g·P/G``) and all its
+replicas train on it, each with its own init, optimiser state and divergence handling. The
+network takes the (G, B, in) batch as it is (one layer-1 GEMM per group, see
+``nalu_core._units.ungroup``). Seeds in a group are then correlated: results carry a
+design-effect-adjusted interval and the intra-group correlation beside the plain Wilson one.
 """
 
 from __future__ import annotations
@@ -21,10 +28,21 @@ import torch
 
 from nalu_core._config import RunConfig, TrainConfig
 from nalu_core._device import resolve_device, resolve_dtype
-from nalu_core._metrics import median, population_mse, quantiles, succeeded, wilson_interval
+from nalu_core._metrics import (
+    clustered_wilson_interval,
+    converged,
+    late_share,
+    median,
+    population_mse,
+    quantiles,
+    succeeded,
+    wilson_interval,
+)
 from nalu_core._optim import PopulationOptimizer
 from nalu_core._registry import RegularizerSchedule
 from nalu_core._tasks import PopulationModule, ProbeBin, Task, build_task
+from nalu_core._tasks_sequence import SequenceTask, evaluate_splits, summarize_splits
+from nalu_core._units import ungroup
 
 Tensor = torch.Tensor
 
@@ -54,6 +72,10 @@ class EvalReport:
     success_ci: tuple[float, float]
     train_seconds: float
     threshold: float | None = None
+    # replicas that shared data streams are correlated: the interval widened by the design
+    # effect, and the intra-group correlation it was estimated from (NaN: independent seeds)
+    success_ci_adjusted: tuple[float, float] = (math.nan, math.nan)
+    intra_group_correlation: float = math.nan
     # Trask et al. (2018): 100 = the randomly initialised replicas of this run, 0 = perfect
     normalized_interpolation_error: list[float] = field(default_factory=list)
     normalized_extrapolation_error: list[float] = field(default_factory=list)
@@ -62,11 +84,10 @@ class EvalReport:
 
     def metrics(self) -> dict[str, float]:
         """The flat metric names of docs/CONTRACTS.md."""
-        lower, upper = self.success_ci
         out = {
             "success_rate": self.success_rate,
-            "success_lower": lower,
-            "success_upper": upper,
+            **_interval_metrics(self.success_ci, self.success_ci_adjusted),
+            "intra_group_correlation": self.intra_group_correlation,
             "diverged": float(sum(self.diverged)),
         }
         for split, values in (
@@ -75,6 +96,10 @@ class EvalReport:
         ):
             q25, q50, q75 = quantiles(values)
             out |= {f"{split}_mse_median": q50, f"{split}_mse_q25": q25, f"{split}_mse_q75": q75}
+        if "train" in self.split_mse:
+            # the tasks that evaluate their training distribution: the loss whose plateau
+            # decides convergence (TrainResult.metrics)
+            out["train_mse_median"] = median(self.split_mse["train"])
         return out
 
 
@@ -119,18 +144,21 @@ class TrainResult:
     division_probe: dict[str, Any] | None
     steps: int = 0
     train_seconds: float = 0.0
+    success_ci_adjusted: tuple[float, float] = (math.nan, math.nan)
+    intra_group_correlation: float = math.nan
     threshold_rule: str | None = None
     threshold_epsilon: float | None = None
+    # sequence tasks: their own metrics (MAE, accuracy) at each replica's best step
+    task_metrics: dict[str, float] = field(default_factory=dict)
     _best_state: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def metrics(self) -> dict[str, float]:
         """Final flat metrics: the EvalReport names plus solved_at/sparsity/threshold."""
         seeds = self.seeds
-        lower, upper = self.success_ci
         out = {
             "success_rate": self.success_rate,
-            "success_lower": lower,
-            "success_upper": upper,
+            **_interval_metrics(self.success_ci, self.success_ci_adjusted),
+            "intra_group_correlation": self.intra_group_correlation,
             "diverged": float(sum(s.diverged for s in seeds)),
         }
         for split in ("extrapolation", "interpolation"):
@@ -146,6 +174,11 @@ class TrainResult:
         sparsity = [s.sparsity_error for s in solved if math.isfinite(s.sparsity_error)]
         out["sparsity_error_mean"] = sum(sparsity) / len(sparsity) if sparsity else math.nan
         out["threshold"] = math.nan if self.threshold is None else self.threshold
+        out |= self.task_metrics
+        curve = [h["train_mse_median"] for h in self.history if "train_mse_median" in h]
+        if curve:
+            out["train_mse_late_share"] = late_share(curve)
+            out["converged"] = float(converged(curve))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +193,8 @@ class TrainResult:
             "train_seconds": self.train_seconds,
             "success_rate": self.success_rate,
             "success_ci": list(self.success_ci),
+            "success_ci_adjusted": [_finite_or_none(v) for v in self.success_ci_adjusted],
+            "intra_group_correlation": _finite_or_none(self.intra_group_correlation),
             "metrics": {k: _finite_or_none(v) for k, v in self.metrics().items()},
             "seeds": [s.to_dict() for s in self.seeds],
             "history": [{k: _finite_or_none(v) for k, v in h.items()} for h in self.history],
@@ -237,15 +272,22 @@ class PopulationTrainer:
         self.task = task.for_replicas(seeds)
         self.init_generators = [self._generator(s) for s in seeds]
         self.data_generators = [self._generator(s + _DATA_SEED_OFFSET) for s in seeds]
+        # G groups of P/G replicas; group g draws from its first replica's stream
+        self.groups = self.train_config.data_streams or P
+        self.group_size = P // self.groups
+        leaders = seeds[:: self.group_size]
         # counter-based streams (tasks with ``counter_sampling``): the state is the step
         self.data_seeds = torch.tensor(
-            [s + _DATA_SEED_OFFSET for s in seeds], dtype=torch.int64, device=self.device
+            [s + _DATA_SEED_OFFSET for s in leaders], dtype=torch.int64, device=self.device
         )
+        # CUDA: no host syncs in the step (masks are applied unconditionally instead)
+        self._sync_free = self.device.type != "cpu"
         self._batch_buffer: Tensor | None = None
         self.network: PopulationModule = self.task.build_model(
             config.model, population=P, device=self.device, dtype=self.dtype
         )
         self.network.reset_parameters(self.init_generators)
+        self._grouped_input = bool(getattr(self.network, "accepts_groups", False))
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = self._build_optimizer()
         self.schedules = _schedules(config)
@@ -323,6 +365,8 @@ class PopulationTrainer:
             self.train_seconds += time.perf_counter() - start
             if report is not None:
                 yield _with_seconds(report, self.train_seconds)
+                if cfg.stop_when_solved and bool(self._frozen().all()):
+                    return  # every replica solved (or diverged): nothing left to train
 
     def request_stop(self) -> None:
         """Ends a ``run()`` in progress (on another thread) after its current step."""
@@ -349,23 +393,26 @@ class PopulationTrainer:
 
     def _train_step(self) -> None:
         frozen = self._frozen()
-        x, t = self._sample()
+        x, t = self._sample()  # (G, B, ...), (G, B, out)
+        P = self.population
+        if not self._grouped_input:
+            x = ungroup(x, P)
         y = self.network(x)  # (P, B, out)
-        loss = self.task.loss(y, t)  # (P,)
+        loss = self.task.loss(y, ungroup(t, P))  # (P,)
         reg = self._regularization()
         if reg is not None:
             loss = loss + reg
         bad = ~torch.isfinite(loss)
-        # a replica that is already frozen or blows up now contributes nothing to the sum
+        # a replica that is already frozen or blows up now contributes nothing to the sum;
+        # on CPU the check saves the masking work, on CUDA it would cost a host sync
         skip = frozen | bad
-        any_skip = bool(skip.any())
-        objective = torch.where(skip, 0.0, loss).sum() if any_skip else loss.sum()
+        masked = self._sync_free or bool(skip.any())
+        objective = torch.where(skip, 0.0, loss).sum() if masked else loss.sum()
         self.optimizer.zero_grad()
         objective.backward()  # type: ignore[no-untyped-call]
         bad = bad | self._nonfinite_grads()
         skip = frozen | bad
-        any_skip = bool(skip.any())
-        if any_skip:
+        if self._sync_free or bool(skip.any()):
             self._mask_grads(skip)
         self._clip_grads()
         before = [p.detach().clone() for p in self.params]
@@ -374,21 +421,25 @@ class PopulationTrainer:
             self.network.clamp_()
             bad = bad | self._nonfinite_params()
             skip = frozen | bad
-            if bool(skip.any()):
+            if self._sync_free or bool(skip.any()):
                 for p, old in zip(self.params, before, strict=True):
                     # the pre-step values are finite unless someone edited them in between
                     old = torch.nan_to_num(old, nan=0.0, posinf=0.0, neginf=0.0)
                     p.copy_(torch.where(_replica_view(skip, p), old, p))
         new = bad & ~frozen
-        if bool(new.any()):
+        if self._sync_free:
+            self.diverged_at = torch.where(new, self.step, self.diverged_at)
+            self._reset_optimizer_state(new)
+        elif bool(new.any()):
             self.diverged_at[new] = self.step
             self._reset_optimizer_state(new)
 
     def _sample(self) -> tuple[Tensor, Tensor]:
-        """This step's batch: ``x (P, B, ...)``, ``t (P, B, out)``."""
+        """This step's batch, one per group: ``x (G, B, ...)``, ``t (G, B, out)``."""
         batch = self.train_config.batch_size
         if not self.task.counter_sampling:
-            return self.task.sample(self.data_generators, batch, dtype=self.dtype)
+            generators = self.data_generators[:: self.group_size]
+            return self.task.sample(generators, batch, dtype=self.dtype)
         x, t = self.task.sample_at(
             self.data_seeds, self.step, batch, dtype=self.dtype, out=self._batch_buffer
         )
@@ -487,6 +538,7 @@ class PopulationTrainer:
             success_ci=wilson_interval(n_success, self.population),
             train_seconds=self.train_seconds,
             threshold=self.threshold,
+            **self._clustered(success.tolist()),
             normalized_interpolation_error=self._normalized(interp, "interpolation"),
             normalized_extrapolation_error=self._normalized(extrap, "extrapolation"),
             split_mse={
@@ -495,6 +547,10 @@ class PopulationTrainer:
         )
         self.history.append({"step": float(self.step), **report.metrics()})
         return report
+
+    def _clustered(self, success: list[bool]) -> dict[str, Any]:
+        interval, rho, _ = clustered_wilson_interval(success, self.groups)
+        return {"success_ci_adjusted": interval, "intra_group_correlation": rho}
 
     def _normalized(self, mse: Tensor, split: str) -> list[float]:
         baseline = self.baseline.get(split, math.nan)
@@ -545,6 +601,7 @@ class PopulationTrainer:
             with torch.no_grad():
                 sparsity = self.network.sparsity_error().double()  # (P,)
             probe = self._division_probe()
+            task_metrics = self._task_metrics()
         finally:
             self._swap_back(current)
         success = self.success
@@ -576,6 +633,7 @@ class PopulationTrainer:
             threshold=self.threshold,
             success_rate=n_success / self.population,
             success_ci=wilson_interval(n_success, self.population),
+            **self._clustered(success.tolist()),
             seeds=seeds,
             history=list(self.history),
             division_probe=probe,
@@ -583,8 +641,18 @@ class PopulationTrainer:
             train_seconds=self.train_seconds,
             threshold_rule=self.task.threshold_rule_name(),
             threshold_epsilon=getattr(self.task, "epsilon", None),
+            task_metrics=task_metrics,
             _best_state=self._best_replica_state(),
         )
+
+    def _task_metrics(self) -> dict[str, float]:
+        """A sequence task's own metrics (MAE, accuracy) of the parameters in the network."""
+        if not isinstance(self.task, SequenceTask):
+            return {}
+        report = evaluate_splits(
+            self.task, self.network, self.eval_sets, population=self.population
+        )
+        return summarize_splits(report, diverged=self.diverged.tolist())
 
     def _best_replica_state(self) -> dict[str, Tensor]:
         # rank: successes first, then the lowest extrapolation MSE at the best step
@@ -688,6 +756,17 @@ class PopulationTrainer:
         self.train_seconds = float(state["train_seconds"])
         self.baseline = dict(state["baseline"])
         self.history = [dict(h) for h in state["history"]]
+
+
+def _interval_metrics(
+    plain: tuple[float, float], adjusted: tuple[float, float]
+) -> dict[str, float]:
+    return {
+        "success_lower": plain[0],
+        "success_upper": plain[1],
+        "success_lower_adjusted": adjusted[0],
+        "success_upper_adjusted": adjusted[1],
+    }
 
 
 def _finite_mean(values: Tensor) -> float:

@@ -2,8 +2,11 @@
 
 A unit built with ``population=P`` holds P independent replicas of its parameters: every
 parameter has a leading replica dim and the forward pass maps ``(P, B, in) -> (P, B, out)``
-with batched matmuls, never a Python loop over replicas. Replicas share no parameters, so one
-optimiser over the stacked tensors trains P independent models (Adam is elementwise).
+with batched matmuls, never a Python loop over replicas. The input may also be ``(G, B, in)``
+with G dividing P, one batch per group of P/G replicas (see :func:`ungroup`): layer-1 matmuls
+then run as one GEMM per group and a log of the input is taken once per group. Replicas
+share no parameters, so one optimiser over the stacked tensors trains P independent models
+(Adam is elementwise).
 
 References: Trask et al. 2018 (NAC, NALU), Madsen & Johansen 2020 (NAU, NMU, R_sparse),
 Schlör et al. 2020 (iNALU), Heim et al. 2020 (NPU, RealNPU), Mistry et al. 2021 (NMRU).
@@ -145,8 +148,32 @@ class _NarrowMatmul(torch.autograd.Function):
         return dx, dw
 
 
+def ungroup(x: Tensor, population: int) -> Tensor:
+    """``x (G, B, ...)`` shared by groups of P/G replicas -> ``(P, B, ...)`` (a copy).
+
+    The population's input may come in G groups (``TrainConfig.data_streams``, or G = 1 for an
+    evaluation set): replicas ``g·P/G .. (g+1)·P/G − 1`` read ``x[g]``. Units whose first op is
+    per replica anyway (a gate on x, NPU's relevance gate) expand it with this.
+    """
+    groups = x.shape[0]
+    if groups == population:
+        return x
+    if population % groups:
+        raise ValueError(f"{groups=} groups do not divide {population=}")
+    size = population // groups
+    return x.unsqueeze(1).expand(groups, size, *x.shape[1:]).reshape(population, *x.shape[1:])
+
+
 def _matmul(x: Tensor, weight: Tensor) -> Tensor:
-    # (P, B, in) @ (P, in, out) -> (P, B, out)
+    # (P, B, in) @ (P, in, out) -> (P, B, out); x may be (G, B, in), G | P (see ungroup)
+    P = weight.shape[0]
+    if x.shape[0] != P:
+        if x.dim() == 3 and x.shape[-1] > _BROADCAST_MAX_IN:
+            # one GEMM per group: its replicas' weights stacked, (G, P/G·out, in) @ (G, in, B)
+            G, out = x.shape[0], weight.shape[1]
+            stacked = weight.reshape(G, (P // G) * out, weight.shape[2])
+            return torch.bmm(stacked, x.transpose(1, 2)).view(P, out, -1).transpose(1, 2)
+        x = ungroup(x, P)
     if x.dim() == 3 and x.shape[-1] <= _BROADCAST_MAX_IN:
         y: Tensor = _NarrowMatmul.apply(x, weight)  # type: ignore[no-untyped-call]
         return y
@@ -174,6 +201,13 @@ def _sparsity_error(*weights: Tensor) -> Tensor:
 
 def _product(x: Tensor, weight: Tensor) -> Tensor:
     """NMU product z_j = prod_i (W_ji x_i + 1 - W_ji) for x (P, B, in), W (P, out, in)."""
+    P, G = weight.shape[0], x.shape[0]
+    if G != P:
+        # x (G, B, in) shared by groups of P/G replicas: broadcast, never copied per replica
+        B, (out, n_in) = x.shape[1], weight.shape[1:]
+        w5 = weight.view(G, P // G, 1, out, n_in)  # (G, P/G, 1, out, in)
+        grouped = torch.addcmul(1 - w5, w5, x.view(G, 1, B, 1, n_in))  # (G, P/G, B, out, in)
+        return grouped.prod(dim=-1).view(P, B, out)
     w = weight.unsqueeze(1)  # (P, 1, out, in)
     # (1 - W) + W x, in this order, is exact at W = 1 and W = 0 even for tiny x
     terms = torch.addcmul(1 - w, w, x.unsqueeze(2))  # (P, B, out, in)
@@ -586,7 +620,8 @@ class INALU(PopulationModule):
         m = torch.exp(_matmul(log_x, w_mul).clamp_max(self.max_exponent))  # (P, B, out)
         # sign recovery: an input with |W| = 1 contributes its sign, |W| = 0 contributes +1
         w_abs = w_mul.abs().unsqueeze(1)  # (P, 1, out, in)
-        sign = (torch.sign(x).unsqueeze(2) * w_abs + 1 - w_abs).prod(dim=-1)  # (P, B, out)
+        sign_x = ungroup(torch.sign(x), self.population)  # (P, B, in)
+        sign = (sign_x.unsqueeze(2) * w_abs + 1 - w_abs).prod(dim=-1)  # (P, B, out)
         if self.gate == "input":
             g = torch.sigmoid(_matmul(x, self.G))  # (P, B, out)
         else:
@@ -658,6 +693,7 @@ class NPU(PopulationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.g.clamp(0.0, 1.0).unsqueeze(1)  # (P, 1, in)
+        x = ungroup(x, self.population)  # the gate is per replica: log r cannot be shared
         r = g * (x.abs() + self.epsilon) + 1 - g  # (P, B, in)
         k = g * (x < 0).to(x.dtype) * math.pi  # (P, B, in)
         log_r = torch.log(r)
