@@ -232,7 +232,7 @@ def parallel_figure(par: ParallelResponse) -> Figure:
         "layout": _layout(
             "parallel coordinates (complete trials)",
             height=480,
-            margin={"l": 60, "r": 60, "t": 110, "b": 40},
+            margin={"l": 100, "r": 60, "t": 110, "b": 40},  # tilted labels stay whole
         ),
     }
 
