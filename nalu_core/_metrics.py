@@ -158,3 +158,46 @@ def quantiles(values: Sequence[float], qs: Sequence[float] = (0.25, 0.5, 0.75)) 
 
 def median(values: Sequence[float]) -> float:
     return quantiles(values, (0.5,))[0]
+
+
+# Convergence: a training-loss curve has converged when its last quarter of evaluations
+# made less than 5% of the improvement the whole run made (best-so-far values).
+PLATEAU_WINDOW = 0.25
+PLATEAU_TOLERANCE = 0.05
+
+
+def late_share(values: Sequence[float], *, window: float = PLATEAU_WINDOW) -> float:
+    """The share of a loss curve's total improvement made in its last ``window`` of points.
+
+    ``values`` are the losses of successive evaluations; the curve is their running best, so
+    noise does not count as progress. A curve falling steadily gives about ``window``, a
+    flat tail 0, a curve that never improved 0. Fewer than four points, or no finite first
+    value, give NaN (too short to judge).
+    """
+    if not 0 < window < 1:
+        raise ValueError(f"window must be in (0, 1): {window=}")
+    if len(values) < 4 or not math.isfinite(values[0]):
+        return math.nan
+    best, running = math.inf, []
+    for v in values:
+        best = min(best, v) if not math.isnan(v) else best
+        running.append(best)
+    cut = len(running) - max(1, math.ceil(window * len(running)))
+    total = running[0] - running[-1]
+    if total <= 0:
+        return 0.0
+    return (running[cut - 1] - running[-1]) / total
+
+
+def converged(
+    values: Sequence[float],
+    *,
+    window: float = PLATEAU_WINDOW,
+    tolerance: float = PLATEAU_TOLERANCE,
+) -> bool:
+    """True when the loss curve ``values`` has flattened: :func:`late_share` < ``tolerance``.
+
+    A curve too short to judge is not converged.
+    """
+    share = late_share(values, window=window)
+    return not math.isnan(share) and share < tolerance

@@ -262,21 +262,32 @@ class MnistSequenceTask(SequenceTask):
     def sample(
         self, generators: list[torch.Generator], batch_size: int, *, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
-        device = generators[0].device
-        n_train, T = len(self.data.train_labels), self.length
-        index, lengths = [], []
-        for g in generators:
-            index.append(torch.randint(0, n_train, (batch_size, T), generator=g, device=device))
-            lengths.append(
-                torch.randint(self.min_length, T + 1, (batch_size, 1), generator=g, device=device)
-            )
-        # sequences shorter than T are left-padded with -1, which the model reads as a zero
-        # code: a NAC accumulator starting from h = 0 is then unaffected by the padding
-        position = torch.arange(T, device=device)
-        pad = position < T - torch.stack(lengths)  # (P, B, T)
-        index_t = torch.stack(index).masked_fill(pad, -1)  # (P, B, T) into the training images
-        labels = self.data.train_labels.to(device)[index_t.clamp(min=0)].masked_fill(pad, -1)
-        return index_t.to(dtype), self.targets(labels).to(dtype)
+        drawn = [self._draw_train(g, batch_size) for g in generators]
+        index = torch.stack([i for i, _ in drawn])  # (P, B, T)
+        lengths = torch.stack([n for _, n in drawn])  # (P, B, 1)
+        return self._padded(index, lengths, dtype=dtype)
+
+    def _draw_train(self, generator: torch.Generator, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` training sequences: image indices ``(n, T)`` and lengths ``(n, 1)``."""
+        device, T = generator.device, self.length
+        n_train = len(self.data.train_labels)
+        index = torch.randint(0, n_train, (n, T), generator=generator, device=device)
+        lengths = torch.randint(self.min_length, T + 1, (n, 1), generator=generator, device=device)
+        return index, lengths
+
+    def _padded(
+        self, index: Tensor, lengths: Tensor, *, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """Training sequences ``index (..., T)`` cut to ``lengths (..., 1)`` -> ``(x, t)``.
+
+        Sequences shorter than T are left-padded with -1, which the model reads as a zero
+        code: a NAC accumulator starting from h = 0 is then unaffected by the padding.
+        """
+        T = index.shape[-1]
+        pad = torch.arange(T, device=index.device) < T - lengths  # (..., T)
+        index_t = index.masked_fill(pad, -1)  # into the training images
+        labels = self.data.train_labels.to(index.device)[index_t.clamp(min=0)]
+        return index_t.to(dtype), self.targets(labels.masked_fill(pad, -1)).to(dtype)
 
     def split_lengths(self) -> dict[str, int]:
         """``interpolation`` at ``length``, ``extrapolation`` at the first extrapolation length,
@@ -298,6 +309,11 @@ class MnistSequenceTask(SequenceTask):
             index = torch.randint(0, n_test, (count, length), generator=generator, device=device)
             # test sequences draw only test images (offset past the training pool)
             sets[split] = ((index + n_train).to(dtype), self.targets(labels[index]).to(dtype))
+        # the training distribution (training images, lengths min_length..length): the loss
+        # whose plateau tells whether a run converged; it never selects a model
+        count = max(10, min(n, self.eval_sequences))
+        index, lengths = self._draw_train(generator, count)
+        sets["train"] = self._padded(index, lengths, dtype=dtype)
         return sets
 
     def build_model(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from nalu_core._config import ModelConfig, TaskConfig
 from nalu_core._errors import ConfigError
+from nalu_core._metrics import median
 from nalu_core._recurrent import RecurrentHead
 from nalu_core._tasks import (
     STATIC_OPS,
@@ -97,6 +98,42 @@ def evaluate_splits(
             metrics["normalized_error"] = 100.0 * metrics["mse"] / base["mse"]
         report[split] = {key: [float(v) for v in value] for key, value in metrics.items()}
     return report
+
+
+# Per-trial summaries of the sequence metrics: which way is better for each.
+_BETTER: dict[str, str] = {"mae": "min", "accuracy": "max", "sequence_accuracy": "max"}
+# The trainer's own metrics already summarise these splits' MSEs (train: each evaluation).
+_TRAINER_MSE_SPLITS = frozenset({"interpolation", "extrapolation", "train"})
+
+
+def summarize_splits(
+    report: Mapping[str, Mapping[str, Sequence[float]]], *, diverged: Sequence[bool]
+) -> dict[str, float]:
+    """Flat per-trial metrics of an :func:`evaluate_splits` report.
+
+    For every split and every metric of ``_BETTER`` the task reports:
+    ``{split}_{metric}_median`` over the replicas and ``{split}_{metric}_best`` (the best
+    replica, as a paper reporting its best run would). Also ``{split}_mse_median`` for the
+    splits the trainer does not summarise itself (``extrapolation_1000``). A diverged
+    replica counts as the worst: MAE/MSE inf, accuracy 0; NaN counts as diverged too.
+    """
+    out: dict[str, float] = {}
+    for split, metrics in report.items():
+        for name, values in metrics.items():
+            if name == "mse" and split in _TRAINER_MSE_SPLITS:
+                continue
+            better = _BETTER.get(name, "min" if name == "mse" else None)
+            if better is None:
+                continue
+            worst = 0.0 if better == "max" else math.inf
+            kept = [
+                worst if bad or math.isnan(v) else float(v)
+                for v, bad in zip(values, diverged, strict=True)
+            ]
+            out[f"{split}_{name}_median"] = median(kept)
+            if name != "mse":
+                out[f"{split}_{name}_best"] = max(kept) if better == "max" else min(kept)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)

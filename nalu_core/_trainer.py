@@ -30,6 +30,8 @@ from nalu_core._config import RunConfig, TrainConfig
 from nalu_core._device import resolve_device, resolve_dtype
 from nalu_core._metrics import (
     clustered_wilson_interval,
+    converged,
+    late_share,
     median,
     population_mse,
     quantiles,
@@ -39,6 +41,7 @@ from nalu_core._metrics import (
 from nalu_core._optim import PopulationOptimizer
 from nalu_core._registry import RegularizerSchedule
 from nalu_core._tasks import PopulationModule, ProbeBin, Task, build_task
+from nalu_core._tasks_sequence import SequenceTask, evaluate_splits, summarize_splits
 from nalu_core._units import ungroup
 
 Tensor = torch.Tensor
@@ -93,6 +96,10 @@ class EvalReport:
         ):
             q25, q50, q75 = quantiles(values)
             out |= {f"{split}_mse_median": q50, f"{split}_mse_q25": q25, f"{split}_mse_q75": q75}
+        if "train" in self.split_mse:
+            # the tasks that evaluate their training distribution: the loss whose plateau
+            # decides convergence (TrainResult.metrics)
+            out["train_mse_median"] = median(self.split_mse["train"])
         return out
 
 
@@ -141,6 +148,8 @@ class TrainResult:
     intra_group_correlation: float = math.nan
     threshold_rule: str | None = None
     threshold_epsilon: float | None = None
+    # sequence tasks: their own metrics (MAE, accuracy) at each replica's best step
+    task_metrics: dict[str, float] = field(default_factory=dict)
     _best_state: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def metrics(self) -> dict[str, float]:
@@ -156,14 +165,20 @@ class TrainResult:
             q25, q50, q75 = quantiles([getattr(s, f"{split}_mse") for s in seeds])
             out |= {f"{split}_mse_median": q50, f"{split}_mse_q25": q25, f"{split}_mse_q75": q75}
         # as stable-nalu's R summary (_compute_summary.r): over the solved seeds only (a seed
-        # that crossed the threshold once but fails at its best step does not count), R's
-        # median (the mean of the middle two), and the sparsity error's mean
+        # that crossed the threshold once but fails at its best step does not count) with R's
+        # median (the mean of the middle two); the sparsity error's mean likewise
         solved = [s for s in seeds if s.success and s.solved_at is not None]
         out["solved_at_median"] = median([float(s.solved_at) for s in solved])  # type: ignore[arg-type]
+        # the median over every seed, as before (not a reference figure), and the reference's mean
+        out["sparsity_error_median"] = median([s.sparsity_error for s in seeds])
         sparsity = [s.sparsity_error for s in solved if math.isfinite(s.sparsity_error)]
-        out["sparsity_error_median"] = median(sparsity)
         out["sparsity_error_mean"] = sum(sparsity) / len(sparsity) if sparsity else math.nan
         out["threshold"] = math.nan if self.threshold is None else self.threshold
+        out |= self.task_metrics
+        curve = [h["train_mse_median"] for h in self.history if "train_mse_median" in h]
+        if curve:
+            out["train_mse_late_share"] = late_share(curve)
+            out["converged"] = float(converged(curve))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -350,6 +365,8 @@ class PopulationTrainer:
             self.train_seconds += time.perf_counter() - start
             if report is not None:
                 yield _with_seconds(report, self.train_seconds)
+                if cfg.stop_when_solved and bool(self._frozen().all()):
+                    return  # every replica solved (or diverged): nothing left to train
 
     def request_stop(self) -> None:
         """Ends a ``run()`` in progress (on another thread) after its current step."""
@@ -584,6 +601,7 @@ class PopulationTrainer:
             with torch.no_grad():
                 sparsity = self.network.sparsity_error().double()  # (P,)
             probe = self._division_probe()
+            task_metrics = self._task_metrics()
         finally:
             self._swap_back(current)
         success = self.success
@@ -623,8 +641,18 @@ class PopulationTrainer:
             train_seconds=self.train_seconds,
             threshold_rule=self.task.threshold_rule_name(),
             threshold_epsilon=getattr(self.task, "epsilon", None),
+            task_metrics=task_metrics,
             _best_state=self._best_replica_state(),
         )
+
+    def _task_metrics(self) -> dict[str, float]:
+        """A sequence task's own metrics (MAE, accuracy) of the parameters in the network."""
+        if not isinstance(self.task, SequenceTask):
+            return {}
+        report = evaluate_splits(
+            self.task, self.network, self.eval_sets, population=self.population
+        )
+        return summarize_splits(report, diverged=self.diverged.tolist())
 
     def _best_replica_state(self) -> dict[str, Tensor]:
         # rank: successes first, then the lowest extrapolation MSE at the best step

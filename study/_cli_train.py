@@ -26,6 +26,9 @@ from nalu_core import (
     TrainConfig,
     get_unit,
 )
+from search_spaces._yaml import load_yaml
+from study._cli_output import check_output, fail, fail_with
+from study._errors import StudyError
 
 # where a ConfigError's field comes from on the command line
 _FIELD_FLAGS: dict[str, str] = {
@@ -82,9 +85,13 @@ def _flag_for(field: str | None) -> str:
     return "--config"
 
 
-def _usage_error(err: ConfigError) -> typer.BadParameter:
-    # typer vendors click: only its own exception types become exit code 2 with a message
-    return typer.BadParameter(str(err), param_hint=_flag_for(err.field))
+def _usage_error(err: ConfigError) -> typer.Exit:
+    """``error: --flag: message`` and exit code 2 (the one error format)."""
+    return _bad(_flag_for(err.field), str(err))
+
+
+def _bad(flag: str, message: str) -> typer.Exit:
+    return fail_with([(flag, message)])
 
 
 def _parse_value(text: str) -> Any:
@@ -106,7 +113,7 @@ def _parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint=flag)
+            raise _bad(flag, f"expected key=value, got {pair!r}")
         out[key.strip()] = _parse_value(value)
     return out
 
@@ -115,13 +122,16 @@ def _load_config(path: Path | None) -> RunConfig:
     if path is None:
         return RunConfig(task=TaskConfig(name="static", op="add"))
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise typer.BadParameter(f"cannot read {path}: {err}", param_hint="--config") from err
+        data = load_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        detail = " ".join(str(err).replace('in "<unicode string>",', "").split())
+        raise _bad("--config", f"{path}: cannot read it: {detail}") from None
+    if not isinstance(data, dict | None):
+        raise _bad("--config", f"{path}: must hold a mapping (a RunConfig)")
     try:
         return RunConfig.from_dict(data or {})
     except ConfigError as err:
-        raise typer.BadParameter(f"{path}: {err}", param_hint="--config") from err
+        raise _bad("--config", f"{path}: {err}") from None
 
 
 def build_run_config(base: RunConfig, **flags: Any) -> RunConfig:
@@ -231,6 +241,28 @@ def _validate(config: RunConfig) -> None:
     resolve_device(config.train.device)
 
 
+def _check_size(config: RunConfig) -> None:
+    """Sizes whose tensors this machine could never hold stop here, before any allocation."""
+    import psutil
+
+    from study._errors import SpecError
+    from study._spec import check_trial_size
+
+    size = config.task.options.get("input_size", 2)
+    width = max(size if isinstance(size, int) else 2, config.model.hidden_size or 0)
+    try:
+        check_trial_size(
+            seeds=config.train.seeds,
+            batch=max(config.train.batch_size, config.train.eval_samples),
+            width=width,
+            dtype=config.train.dtype,
+            where="--input-size" if width == size else "--hidden-size",
+            limit=int(psutil.virtual_memory().total),
+        )
+    except SpecError as err:
+        raise fail(err) from None
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -286,6 +318,25 @@ def _summary(console: Console, result: Any) -> None:
                 _fmt(b["mse_median"]),
             )
         console.print(probe)
+
+
+def describe(config: Any, *, defaults: bool = False) -> str:
+    """One line: what is about to be trained (unit, task, seeds x steps, lr, device)."""
+    layers = config.model.layers
+    units = (
+        layers[0].unit
+        if len({layer.unit for layer in layers}) == 1
+        else "/".join(layer.unit for layer in layers)
+    )
+    options = ", ".join(f"{k}={v}" for k, v in config.task.options.items())
+    train = config.train
+    line = (
+        f"training {units} (depth {config.model.depth}, hidden {config.model.hidden_size}) on "
+        f"{config.task.name} {config.task.op}{f' ({options})' if options else ''}: "
+        f"{train.seeds} seeds x {train.steps:,} steps, lr {train.lr:g}, {train.optimizer}, "
+        f"device {train.device}"
+    )
+    return line + ("  [defaults; see --help to choose]" if defaults else "")
 
 
 def train(
@@ -359,6 +410,11 @@ def train(
 
     # replicas are batched already; more intra-op threads mostly spin and wait
     torch.set_num_threads(threads)
+    if json_path is not None:
+        try:
+            check_output(json_path, field="--json")  # before training, not after
+        except StudyError as err:
+            raise fail(err) from None
     base = _load_config(config)
     try:
         run_config = build_run_config(
@@ -388,11 +444,16 @@ def train(
             mnist_dir=str(mnist_dir) if mnist_dir is not None else None,
         )
         _validate(run_config)
+        _check_size(run_config)
         trainer = PopulationTrainer(run_config)
     except ConfigError as err:
         raise _usage_error(err) from err
 
     console = Console(stderr=True)
+    if not quiet:
+        chosen = (config, unit, task, op, seeds, steps)
+        defaults = all(v is None for v in chosen)
+        console.print(describe(run_config, defaults=defaults), highlight=False, soft_wrap=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

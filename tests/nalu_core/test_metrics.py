@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nalu_core import normalized_error, population_mse, wilson_interval
-from nalu_core._metrics import quantiles, succeeded
+from nalu_core._metrics import (
+    PLATEAU_TOLERANCE,
+    converged,
+    late_share,
+    quantiles,
+    succeeded,
+)
 
 Z2 = 1.959963984540054**2
 
@@ -81,3 +87,38 @@ def test_quantiles_tolerate_inf_and_nan() -> None:
     assert quantiles([1.0, math.inf, math.inf])[1] == math.inf
     assert quantiles([1.0, math.nan, 3.0])[1] == 2.0
     assert all(math.isnan(q) for q in quantiles([]))
+
+
+# --- convergence of a training-loss curve ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("curve", "share"),
+    [
+        # a steady fall: the last 2 of 6 points (from index 3 on) made 4 of the 10 units
+        ([10.0, 8.0, 6.0, 4.0, 2.0, 0.0], 0.4),
+        # a fall, then flat: the last quarter made nothing
+        ([10.0, 5.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0], 0.0),
+        # noise above the best so far is not progress; 8 points: the last 2 are the window
+        ([10.0, 4.0, 6.0, 5.0, 4.5, 4.2, 4.0, 3.0], (4.0 - 3.0) / (10.0 - 3.0)),
+        # never improved (stuck at the initial constant): flat, so converged
+        ([5.0, 5.0, 5.0, 5.0], 0.0),
+        ([5.0, 6.0, 7.0, 8.0], 0.0),
+        # a diverged tail (inf) is not progress either
+        ([4.0, 2.0, 1.0, math.inf], 0.0),
+    ],
+)
+def test_late_share_reference_values(curve: list[float], share: float) -> None:
+    assert late_share(curve) == pytest.approx(share)
+    assert converged(curve) == (share < PLATEAU_TOLERANCE)
+
+
+@pytest.mark.parametrize("curve", [[], [1.0], [3.0, 2.0, 1.0], [math.nan, 1.0, 1.0, 1.0]])
+def test_a_curve_too_short_to_judge_is_not_converged(curve: list[float]) -> None:
+    assert math.isnan(late_share(curve))
+    assert not converged(curve)
+
+
+def test_late_share_window_is_checked() -> None:
+    with pytest.raises(ValueError, match="window"):
+        late_share([1.0] * 8, window=1.0)

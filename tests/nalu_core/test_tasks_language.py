@@ -149,3 +149,35 @@ def test_token_ids_are_stable() -> None:
 def test_to_config_round_trips() -> None:
     task = _task(head_at="every", split_seed=3)
     assert build_task(task.to_config()) == task
+
+
+@pytest.mark.parametrize("head_at", ["last", "every"])
+def test_mae_is_of_the_numbers_value(head_at: str) -> None:
+    task = build_task(TaskConfig(name="number-translation", options={"head_at": head_at}))
+    assert isinstance(task, NumberTranslation)
+    t = torch.tensor([[3.0, 300.0, 300.0, 312.0, 312.0], [7.0, 7.0, 7.0, 7.0, 7.0]])
+    y = t.expand(2, 2, 5).clone()
+    y[0, :, :4] = 0.0  # replica 0 is wrong on every prefix but right on the number
+    y[1, 0, -1] = 302.0  # replica 1 misreads 312 as 302
+    y[1, 1, -1] = 9.0  # and 7 as 9
+    if head_at == "last":
+        t, y = t[:, -1:], y[..., -1:]
+    metrics = task.split_metrics(y, t)
+    assert metrics["mae"].tolist() == [0.0, (10.0 + 2.0) / 2]
+    assert metrics["mse"].tolist() == [0.0, (100.0 + 4.0) / 2]
+
+
+def test_trainer_reports_train_validation_and_test_mae() -> None:
+    config = RunConfig(
+        task=TaskConfig(name="number-translation", options={"embedding_size": 8}),
+        model=ModelConfig.stacked("nalu"),
+        train=TrainConfig(seeds=2, steps=12, eval_every=3, batch_size=16, device="cpu"),
+    )
+    trainer = PopulationTrainer(config)
+    for _ in trainer.run():
+        pass
+    metrics = trainer.result().metrics()
+    for split in ("train", "interpolation", "extrapolation"):
+        assert metrics[f"{split}_mae_best"] <= metrics[f"{split}_mae_median"] < 1000
+    assert metrics["converged"] in (0.0, 1.0)
+    assert 0 <= metrics["train_mse_late_share"] <= 1

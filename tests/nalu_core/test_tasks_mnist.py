@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from nalu_core import (
     load_mnist,
     read_idx,
 )
+from nalu_core._metrics import converged, late_share
 from nalu_core._tasks_mnist import PopulationCNN
 
 EXPECTED = [
@@ -150,7 +152,10 @@ def test_targets_match_the_images(tmp_path: Path, name: str) -> None:
         "interpolation": 7,
         "extrapolation": 100,
         "extrapolation_1000": 1000,
+        "train": 7,
     }
+    train_x, _ = sets.pop("train")
+    assert int(train_x.max()) < 40  # the training split draws training images
     for x_split, t_split in sets.values():
         assert int(x_split.min()) >= 40  # test sequences use test images only
         decoded = _decode(task, x_split)
@@ -231,3 +236,54 @@ def test_trainer_runs_counting_with_nac_and_lstm_heads(tmp_path: Path) -> None:
 def test_to_config_round_trips() -> None:
     task = build_task(TaskConfig(name="mnist-add", options={"extrapolation_lengths": "50,60"}))
     assert build_task(task.to_config()) == task
+
+
+def test_addition_mae_and_accuracy_reference_values() -> None:
+    task = build_task(TaskConfig(name="mnist-add"))
+    assert isinstance(task, MnistAdd)
+    t = torch.tensor([[10.0], [20.0], [30.0], [40.0]])  # (N=4, 1)
+    y = torch.tensor([[[10.2], [19.6], [31.0], [40.0]], [[0.0], [0.0], [0.0], [0.0]]])
+    metrics = task.split_metrics(y, t)
+    # replica 0: |errors| 0.2, 0.4, 1.0, 0; rounded outputs right on 3 of 4
+    assert metrics["mae"].tolist() == pytest.approx([1.6 / 4, 100 / 4])
+    assert metrics["mse"].tolist() == pytest.approx([(0.04 + 0.16 + 1.0) / 4, 3000 / 4])
+    assert metrics["accuracy"].tolist() == [0.75, 0.0]
+    assert "sequence_accuracy" not in metrics
+
+
+def test_train_split_is_the_training_distribution() -> None:
+    task = build_task(TaskConfig(name="mnist-count", options={"length": 6, "min_length": 2}))
+    assert isinstance(task, MnistCount)
+    sets = task.evaluation_sets(torch.Generator().manual_seed(0), 50, dtype=torch.float32)
+    x, t = sets["train"]
+    assert x.shape == (50, 6)
+    assert int(x.max()) < len(task.data.train_labels)  # training images only
+    lengths = (x >= 0).sum(-1)
+    assert int(lengths.min()) >= 2 and int(lengths.max()) <= 6
+    torch.testing.assert_close(t.sum(-1), lengths.float())  # counts add up to the length
+    index = x.long()
+    labels = task.data.train_labels[index.clamp(min=0)].masked_fill(index < 0, -1)
+    expected = torch.stack([(labels == d).sum(-1) for d in range(10)], dim=-1)
+    torch.testing.assert_close(t, expected.float())
+
+
+def test_trainer_reports_mnist_metrics_at_every_length_and_convergence() -> None:
+    config = RunConfig(
+        task=TaskConfig(
+            name="mnist-count", options={"extrapolation_lengths": [20, 40], "eval_sequences": 12}
+        ),
+        model=ModelConfig.stacked("nac_add"),
+        train=TrainConfig(seeds=2, steps=8, eval_every=2, batch_size=4, device="cpu"),
+    )
+    trainer = PopulationTrainer(config)
+    reports = list(trainer.run())
+    assert all("train_mse_median" in r.metrics() for r in reports)
+    metrics = trainer.result().metrics()
+    for split in ("interpolation", "extrapolation", "extrapolation_40", "train"):
+        for name in ("mae", "accuracy", "sequence_accuracy"):
+            assert 0 <= metrics[f"{split}_{name}_median"] < math.inf
+            assert 0 <= metrics[f"{split}_{name}_best"] < math.inf
+    assert metrics["extrapolation_40_mse_median"] > 0
+    curve = [r.metrics()["train_mse_median"] for r in reports]
+    assert metrics["train_mse_late_share"] == pytest.approx(late_share(curve))
+    assert metrics["converged"] == float(converged(curve))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from nalu_core import (
     build_task,
     evaluate_splits,
 )
+from nalu_core._tasks_sequence import summarize_splits
 
 
 def _task(op: str = "add", **options: object) -> RecurrentArithmetic:
@@ -130,3 +132,67 @@ def test_evaluate_splits_reports_error_and_normalised_error() -> None:
 def test_to_config_round_trips() -> None:
     task = _task("sub", length=4, extrapolation_length=8, extrapolation="2,6")
     assert build_task(task.to_config()) == task
+
+
+# --- the per-trial summary of the sequence metrics -----------------------------------------
+
+
+def test_summarize_splits_reference_values() -> None:
+    report = {
+        "interpolation": {
+            "mse": [1.0, 2.0, 3.0],
+            "mae": [0.5, 0.1, 0.9],
+            "accuracy": [0.2, 0.9, 0.4],
+        },
+        "extrapolation_1000": {"mse": [10.0, 30.0, 20.0], "mae": [3.0, 5.0, 4.0]},
+    }
+    out = summarize_splits(report, diverged=[False, False, False])
+    assert out == {
+        "interpolation_mae_median": 0.5,
+        "interpolation_mae_best": 0.1,
+        "interpolation_accuracy_median": 0.4,
+        "interpolation_accuracy_best": 0.9,
+        # the trainer already summarises interpolation's MSE; the 1000-digit split's is new
+        "extrapolation_1000_mse_median": 20.0,
+        "extrapolation_1000_mae_median": 4.0,
+        "extrapolation_1000_mae_best": 3.0,
+    }
+
+
+def test_summarize_splits_counts_a_diverged_replica_as_the_worst() -> None:
+    report = {
+        "extrapolation": {"mae": [0.1, 0.2, math.nan, 0.3], "accuracy": [1.0, 0.5, 0.2, 0.1]}
+    }
+    out = summarize_splits(report, diverged=[True, False, False, False])
+    # replica 0 is diverged (its good-looking figures do not count), replica 2 is NaN
+    assert out["extrapolation_mae_best"] == 0.2
+    assert out["extrapolation_mae_median"] == math.inf  # median of [inf, 0.2, inf, 0.3]
+    assert out["extrapolation_accuracy_best"] == 0.5
+    assert out["extrapolation_accuracy_median"] == pytest.approx(0.15)  # of [0, .5, .2, .1]
+
+
+def test_trainer_logs_the_sequence_metrics_and_the_convergence_verdict() -> None:
+    config = RunConfig(
+        task=TaskConfig(name="recurrent", op="add", options={"input_size": 4, "length": 3}),
+        model=ModelConfig.stacked("nac_add", depth=2),
+        train=TrainConfig(seeds=2, steps=40, eval_every=10, eval_samples=64, device="cpu"),
+    )
+    trainer = PopulationTrainer(config)
+    for _ in trainer.run():
+        pass
+    result = trainer.result()
+    metrics = result.metrics()
+    # recurrent arithmetic reports MAE at each length, at each replica's best step
+    current = trainer._swap_in_best()
+    report = evaluate_splits(trainer.task, trainer.network, trainer.eval_sets, population=2)  # type: ignore[arg-type]
+    trainer._swap_back(current)
+    for split in ("interpolation", "extrapolation"):
+        assert metrics[f"{split}_mae_median"] == pytest.approx(
+            statistics.median(report[split]["mae"])
+        )
+        assert metrics[f"{split}_mae_best"] == pytest.approx(min(report[split]["mae"]))
+    # no training split: no convergence verdict for this task
+    assert "converged" not in metrics
+    assert result.to_dict()["metrics"]["interpolation_mae_median"] == pytest.approx(
+        metrics["interpolation_mae_median"]
+    )

@@ -136,10 +136,12 @@ def test_a_replica_stops_when_solved_if_asked() -> None:
     reports = list(trainer.run())
     solved = [r.step for r in reports if all(r.success)]
     assert solved, "NAU should solve addition within 1000 steps"
-    assert (
-        reports[-1].interpolation_mse
-        == next(r for r in reports if r.step == solved[0]).interpolation_mse
-    )
+    # every replica frozen: the run ends at that evaluation instead of training on
+    assert solved == [reports[-1].step] and reports[-1].step < 1000
+    assert trainer.result().steps == trainer.step == solved[0]
+    # and without the flag it trains to the end
+    full = PopulationTrainer(_config(seeds=2, steps=1000, eval_every=250, lr=0.03))
+    assert list(full.run())[-1].step == 1000
 
 
 def test_division_reports_a_probe_per_denominator_decade() -> None:

@@ -1,0 +1,148 @@
+"""Trask (2018) sequence studies: the paper's metrics of every trial and the dashboard's ranking.
+
+Reads a finished ``trask2018-*`` study: each trial's metrics from its MLflow store, and the
+leaderboard of each task from a running dashboard's JSON API (``nalu-study dashboard``), so
+the JSON records the ranking a researcher sees. Writes one JSON and prints a Markdown table.
+
+    nalu-study dashboard --study trask2018-mnist-reduced --workdir runs --port 8061 &
+    python benchmarks/trask2018_results.py --study trask2018-mnist-reduced --workdir runs \
+        --dashboard http://127.0.0.1:8061 --json benchmarks/results/trask2018/mnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+
+# The figures each paper table reports, per task (docs/tasks.md, "Metrics").
+COLUMNS = {
+    "mnist-count": [
+        "interpolation_mae",
+        "interpolation_accuracy",
+        "extrapolation_mae",
+        "extrapolation_accuracy",
+        "extrapolation_1000_mae",
+        "extrapolation_1000_accuracy",
+    ],
+    "mnist-add": [
+        "interpolation_mae",
+        "interpolation_accuracy",
+        "extrapolation_mae",
+        "extrapolation_accuracy",
+        "extrapolation_1000_mae",
+        "extrapolation_1000_accuracy",
+    ],
+    "number-translation": ["train_mae", "interpolation_mae", "extrapolation_mae"],
+}
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (loopback)
+        return json.load(response)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _text(value: float | None) -> str:
+    # None: not finite (a diverged seed counts as the worst) or not logged
+    return "inf" if value is None else f"{value:.4g}"
+
+
+def trials(uri: str, study: str) -> list[dict[str, Any]]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        raise SystemExit(f"error: --study: no MLflow experiment {study!r} in {uri}")
+    out = []
+    for run in client.search_runs([experiment.experiment_id]):
+        if run.data.tags.get("nalu.role") != "trial":
+            continue
+        params, metrics = run.data.params, run.data.metrics
+        task = params["task"]
+        figures = {}
+        for column in COLUMNS.get(task, []):
+            for kind in ("median", "best"):
+                figures[f"{column}_{kind}"] = _finite(metrics.get(f"{column}_{kind}"))
+        out.append(
+            {
+                "run_id": run.info.run_id,
+                "state": run.data.tags.get("nalu.state"),
+                "task": task,
+                "head": params.get("unit"),
+                "params": {
+                    k: params[k]
+                    for k in ("lr", "hidden_size", "task.lstm_size", "seeds", "steps")
+                    if k in params
+                },
+                "figures": figures,
+                "extrapolation_mse_median": _finite(metrics.get("extrapolation_mse_median")),
+                "train_mse_late_share": _finite(metrics.get("train_mse_late_share")),
+                "converged": run.data.tags.get("converged") == "true",
+                "train_seconds": metrics.get("train_seconds"),
+            }
+        )
+    return sorted(out, key=lambda t: (t["task"], t["head"]))
+
+
+def leaderboards(dashboard: str, study: str, tasks: list[str]) -> dict[str, list[str]]:
+    """The dashboard's best-per-head ranking of every task (its leaderboard API)."""
+    ranked = {}
+    for task in tasks:
+        query = urllib.parse.urlencode({"task": task})
+        path = urllib.parse.quote(study, safe="")
+        body = _get(f"{dashboard}/api/studies/{path}/leaderboard?{query}")
+        ranked[task] = [row["unit"] for row in body["best_per_unit"]]
+    return ranked
+
+
+def table(rows: list[dict[str, Any]], ranking: dict[str, list[str]]) -> str:
+    lines = []
+    for task in sorted({r["task"] for r in rows}):
+        columns = COLUMNS[task]
+        lines.append(f"\n{task} (median over seeds / best seed; dashboard rank)\n")
+        lines.append("| rank | head | " + " | ".join(columns) + " | converged |")
+        lines.append("|---" * (len(columns) + 3) + "|")
+        order = ranking.get(task, [])
+        for row in sorted(
+            (r for r in rows if r["task"] == task),
+            key=lambda r: order.index(r["head"]) if r["head"] in order else len(order),
+        ):
+            cells = [
+                f"{_text(row['figures'][f'{c}_median'])} / {_text(row['figures'][f'{c}_best'])}"
+                for c in columns
+            ]
+            rank = order.index(row["head"]) + 1 if row["head"] in order else "–"
+            converged = "yes" if row["converged"] else "**no**"
+            lines.append(f"| {rank} | {row['head']} | " + " | ".join(cells) + f" | {converged} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--dashboard", required=True, help="base URL of nalu-study dashboard")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    uri = f"sqlite:///{(args.workdir / args.study / 'mlflow.db').resolve()}"
+    rows = trials(uri, args.study)
+    ranking = leaderboards(
+        args.dashboard.rstrip("/"), args.study, sorted({r["task"] for r in rows})
+    )
+    print(table(rows, ranking))
+    if args.json is not None:
+        document = {"study": args.study, "leaderboard": ranking, "trials": rows}
+        args.json.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
