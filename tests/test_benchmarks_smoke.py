@@ -85,7 +85,9 @@ def test_bench_dashboard_smoke() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("script", ["stream_statistics.py", "bench_evaluation.py", "full_cell.py"])
+@pytest.mark.parametrize(
+    "script", ["stream_statistics.py", "bench_evaluation.py", "full_cell.py", "bench_sampler.py"]
+)
 def test_issue15_benchmarks_smoke(script: str) -> None:
     extra = ("--device", "cpu") if script == "full_cell.py" else ()
     proc = _run(script, *extra)
