@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from study import ENV_VARS, SettingsError, redact, resolve_settings
+from study._settings import ANY_STUDY, STUDY_NAME
 
 DEFAULT_PORT = 8050
 
@@ -29,7 +30,11 @@ def _settings(
             param_hint="--tracking-uri",
         )
     try:
-        settings = resolve_settings(study or "_", cli=cli)
+        # a study's default stores are files in its folder, so only a folder name may pick
+        # them; with explicit stores the name is only an MLflow experiment's (any text)
+        explicit = tracking_uri or os.environ.get(ENV_VARS["tracking_uri"])
+        folder = study if study and (not explicit or STUDY_NAME.fullmatch(study)) else None
+        settings = resolve_settings(folder or ANY_STUDY, cli=cli)
     except SettingsError as err:
         raise typer.BadParameter(
             str(err), param_hint=f"--{(err.field or '').replace('_', '-')}"
@@ -38,7 +43,7 @@ def _settings(
     # The default Optuna file is only used when the study has one; importance then falls
     # back to the trials in MLflow.
     default_storage = (
-        settings.storage if study and settings.storage.startswith("sqlite:") else None
+        settings.storage if folder and settings.storage.startswith("sqlite:") else None
     )
     if default_storage and not Path(default_storage.removeprefix("sqlite:///")).exists():
         default_storage = None
