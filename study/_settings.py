@@ -26,7 +26,7 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # The name the commands that read every study (list, dashboard) resolve settings under
 ANY_STUDY = "_"
 # scheme://user:password@host -> scheme://user:***@host; also a bare password before "@"
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s/]*@")
 
 
 def redact(text: str) -> str:

@@ -260,8 +260,13 @@ def check_store(url: str, *, field: str, timeout: float = 5.0) -> None:
                 break
         return
     if url.startswith(("http://", "https://")):
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(url)
+        # credentials go in MLflow's headers, not in the probe's URL
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         try:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout):
+            with urllib.request.urlopen(f"{bare.rstrip('/')}/health", timeout=timeout):
                 return
         except urllib.error.HTTPError:
             return  # it answers (a proxy or an auth layer may refuse /health)
@@ -381,7 +386,6 @@ def list_studies(workdir: Path) -> list[dict[str, Any]]:
     for record_path in workdir.glob(f"*/{RECORD}"):
         try:
             record = read_record(record_path.parent)
-            budget, launches = record.get("budget", {}), record.get("launches", [])
             elapsed = round(elapsed_seconds(record), 1)
         except (StudyError, TypeError, ValueError) as err:
             # one broken study does not hide the others: it is listed as such
@@ -398,7 +402,6 @@ def list_studies(workdir: Path) -> list[dict[str, Any]]:
                 }
             )
             continue
-        del budget, launches
         rows.append(
             {
                 "name": record.get("name", record_path.parent.name),

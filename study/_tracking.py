@@ -1182,6 +1182,31 @@ class StudyTracker:
         except TrackingError as err:
             warnings.warn(str(err), RuntimeWarning, stacklevel=2)
 
+    def _all_runs(self, filter_string: str, *, what: str) -> list[Any]:
+        """Every run of the study's experiment that matches, all pages, deleted ones too."""
+        from mlflow.entities import ViewType
+
+        experiment_id = self.experiment_id or self.prepare()
+        client = self.client
+        runs: list[Any] = []
+        token: str | None = None
+        while True:
+            page = _retry(
+                what,
+                lambda token=token: client.search_runs(
+                    [experiment_id],
+                    filter_string=filter_string,
+                    run_view_type=ViewType.ALL,
+                    max_results=1000,
+                    page_token=token,
+                ),
+                deadline=self.deadline,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
     def reconcile(self, *, keep: Iterable[str] = (), status: RunStatus = "KILLED") -> int:
         """Ends the runs a crash left RUNNING; returns how many it ended.
 
@@ -1189,30 +1214,12 @@ class StudyTracker:
         about to be resumed and :class:`TrialTracker` continues their run. Ended trial runs
         without a ``nalu.state`` get ``nalu.state=FAIL``; all get ``nalu.reconciled=true``.
         """
-        from mlflow.entities import RunTag, ViewType
+        from mlflow.entities import RunTag
 
-        experiment_id = self.experiment_id or self.prepare()
         keep_ids = set(keep)
         client = self.client
         # Collect first: ending runs while paging over "status = RUNNING" would skip some.
-        stale = []
-        token: str | None = None
-        while True:
-            page = _retry(
-                "list running runs",
-                lambda token=token: client.search_runs(
-                    [experiment_id],
-                    filter_string="attributes.status = 'RUNNING'",
-                    run_view_type=ViewType.ALL,
-                    max_results=1000,
-                    page_token=token,
-                ),
-                deadline=self.deadline,
-            )
-            stale.extend(page)
-            token = page.token
-            if not token:
-                break
+        stale = self._all_runs("attributes.status = 'RUNNING'", what="list running runs")
         count = 0
         for run in stale:
             tags = run.data.tags
@@ -1246,28 +1253,10 @@ class StudyTracker:
         or KILLED if it was already ended so). Runs are found by their ``nalu.optuna_study``
         and ``nalu.optuna_trial`` tags.
         """
-        from mlflow.entities import RunTag, ViewType
+        from mlflow.entities import RunTag
 
-        experiment_id = self.experiment_id or self.prepare()
         client = self.client
-        runs: list[Any] = []
-        token: str | None = None
-        while True:
-            page = _retry(
-                "list trial runs",
-                lambda token=token: client.search_runs(
-                    [experiment_id],
-                    filter_string=f"tags.`{ROLE_TAG}` = 'trial'",
-                    run_view_type=ViewType.ALL,
-                    max_results=1000,
-                    page_token=token,
-                ),
-                deadline=self.deadline,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
+        runs = self._all_runs(f"tags.`{ROLE_TAG}` = 'trial'", what="list trial runs")
         links: dict[tuple[str, int], str] = {}
         for run in runs:
             tags = run.data.tags

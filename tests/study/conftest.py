@@ -11,6 +11,8 @@ Nothing here is mocked. Other test modules reuse these fixtures:
   It is an :class:`MlflowServer`: ``.uri`` is ``http://127.0.0.1:PORT``; ``.stop()`` and
   ``.start()`` take it down and bring it back on the same port and database (outage tests).
   Tests that use it should be marked ``integration``.
+- ``cluster`` (module scope): a real Ray head on loopback (8 logical CPUs, a free GCS port, no
+  dashboard), this process connected as its driver; tests add worker nodes to it.
 - ``sqlite_tracking_uri`` (session scope): a factory ``(folder) -> "sqlite:////.../mlflow.db"``
   whose database is a copy of one migrated once per session: MLflow's migrations of a fresh
   SQLite file take 10-15 s on this box, a copy takes milliseconds.
@@ -29,6 +31,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,3 +206,23 @@ def sqlite_tracking_uri(_sqlite_template: Path) -> Callable[[Path], str]:
         return f"sqlite:///{folder / 'mlflow.db'}"
 
     return make
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A Ray head (8 logical CPUs) on loopback for one module; this process is its driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    head = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 8, "gcs_server_port": free_port(), "include_dashboard": False},
+    )
+    try:
+        ray.init(address=head.address, log_to_driver=False, configure_logging=False)
+        yield head
+    finally:
+        ray.shutdown()
+        head.shutdown()  # type: ignore[no-untyped-call]

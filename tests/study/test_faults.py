@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from study._settings import Settings, resolve_settings
 from study._spec import StudySpec, parse_spec
-from tests.study.conftest import MlflowServer, free_port
+from tests.study.conftest import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -161,25 +161,6 @@ def joined(thread: threading.Thread, out: dict[str, Any], *, timeout: float) -> 
     if "error" in out:
         raise out["error"]
     return out["result"]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    head = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 8, "gcs_server_port": free_port(), "include_dashboard": False},
-    )
-    try:
-        ray.init(address=head.address, log_to_driver=False, configure_logging=False)
-        yield head
-    finally:
-        ray.shutdown()
-        head.shutdown()  # type: ignore[no-untyped-call]
 
 
 # --- worker loss ----------------------------------------------------------------------------
