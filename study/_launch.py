@@ -352,6 +352,9 @@ def _open_tracker(config: Mapping[str, Any], run_config: RunConfig, trial_id: st
         _tracking.RAY_TRIAL_TAG: trial_id,
         _tracking.NODE_TAG: platform.node(),
     }
+    if config.get("ranges"):
+        # a range sweep: the config's own range is replaced by each of these (study/_sweep.py)
+        tags["nalu.ranges"] = ",".join(config["ranges"])
     return _tracking.TrialTracker(
         tracking["uri"],
         experiment_id=tracking["experiment_id"],

@@ -105,7 +105,7 @@ def test_measure_division_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "table.md").read_text()
     assert "| mistry_1_2 |" in table and "| mistry_1.1_1.2 |" in table
-    assert "**all 2 ranges**" in table and "NMRU 91.6%" in table
+    assert "**2 of 2 ranges**" in table and "NMRU 91.6%" in table
     for preset in ("mistry_1_2", "mistry_1.1_1.2"):
         data = json.loads((tmp_path / f"{preset}.json").read_text())
         assert data["configuration"]["task"]["options"]["range_preset"] == preset
