@@ -71,6 +71,22 @@ class PlainNAU(nn.Module):
         self.W.clamp_(-1.0, 1.0)
 
 
+class PlainNMU(nn.Module):
+    """z = prod_i (W_i x_i + 1 - W_i) with W clamped to [0, 1] (Madsen 2020)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.empty(out_features, in_features).uniform_(0.25, 0.75))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.W.unsqueeze(0)  # (1, out, in)
+        return torch.addcmul(1 - w, w, x.unsqueeze(1)).prod(-1)  # (B, out)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.W.clamp_(0.0, 1.0)
+
+
 class PlainNALU(nn.Module):
     """Trask's NALU with a shared W = tanh(Ŵ) σ(M̂) and an input gate σ(G x)."""
 
@@ -92,24 +108,33 @@ class PlainNALU(nn.Module):
         pass
 
 
-PLAIN_UNITS: dict[str, type[nn.Module]] = {"nau": PlainNAU, "nalu": PlainNALU}
+PLAIN_UNITS: dict[str, type[nn.Module]] = {"nau": PlainNAU, "nmu": PlainNMU, "nalu": PlainNALU}
+# model name -> (layer 1, layer 2) and the op it is trained on
+MODELS: dict[str, tuple[str, str, str]] = {
+    "nau-nau": ("nau", "nau", "add"),
+    "nau-nmu": ("nau", "nmu", "mul"),
+    "nalu-nalu": ("nalu", "nalu", "add"),
+}
 
 
-def static_target(x: Tensor, a: tuple[int, int], b: tuple[int, int]) -> Tensor:
-    return x[:, a[0] : a[1]].sum(-1, keepdim=True) + x[:, b[0] : b[1]].sum(-1, keepdim=True)
+def static_target(x: Tensor, a: tuple[int, int], b: tuple[int, int], op: str) -> Tensor:
+    sa = x[:, a[0] : a[1]].sum(-1, keepdim=True)
+    sb = x[:, b[0] : b[1]].sum(-1, keepdim=True)
+    return sa * sb if op == "mul" else sa + sb
 
 
-def per_seed_rate(unit: str, dim: int, *, seconds: float, device: str) -> float:
+def per_seed_rate(model_name: str, dim: int, *, seconds: float, device: str) -> float:
     """Steps per second of the plain single-model loop (one seed), measured for ``seconds``."""
     torch.manual_seed(0)
-    cls = PLAIN_UNITS[unit]
-    model = nn.Sequential(cls(dim, HIDDEN), cls(HIDDEN, 1)).to(device)
+    first, second, op = MODELS[model_name]
+    model = nn.Sequential(PLAIN_UNITS[first](dim, HIDDEN), PLAIN_UNITS[second](HIDDEN, 1))
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     a, b = (0, max(1, dim // 4)), (max(1, dim // 8), max(2, dim // 4 + dim // 8))
 
     def step() -> None:
         x = torch.rand(BATCH, dim, device=device) + 1.0  # U[1, 2)
-        t = static_target(x, a, b)
+        t = static_target(x, a, b, op)
         loss = (model(x) - t).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -123,18 +148,37 @@ def per_seed_rate(unit: str, dim: int, *, seconds: float, device: str) -> float:
 # --- the population trainer ---------------------------------------------------------------
 
 
-def population_trainer(unit: str, dim: int, population: int, *, device: str) -> PopulationTrainer:
+SUBSET_OFFSET = {"value": "seed"}  # set from --subset-offset
+
+
+def population_trainer(
+    model_name: str, dim: int, population: int, *, device: str, streams: int | None = None
+) -> PopulationTrainer:
+    first, second, op = MODELS[model_name]
+    options = {"input_size": dim, "subset_offset": SUBSET_OFFSET["value"]}
     config = RunConfig(
-        task=TaskConfig(name="static", op="add", options={"input_size": dim}),
+        task=TaskConfig(name="static", op=op, options=options),
         model=ModelConfig(
-            layers=(LayerConfig(unit=unit), LayerConfig(unit=unit)), hidden_size=HIDDEN
+            layers=(LayerConfig(unit=first), LayerConfig(unit=second)), hidden_size=HIDDEN
         ),
         # a small fixed eval set: evaluation is profiled separately, not in the step rate
         train=TrainConfig(
-            seeds=population, steps=10**9, batch_size=BATCH, eval_samples=1000, device=device
+            seeds=population,
+            steps=10**9,
+            batch_size=BATCH,
+            eval_samples=1000,
+            device=device,
+            data_streams=streams,
         ),
     )
     return PopulationTrainer(config)
+
+
+def parse_streams(value: str, population: int) -> int | None:
+    """``P`` (one stream per replica) or a number of groups, capped at the population."""
+    if value.upper() == "P":
+        return None
+    return min(int(value), population)
 
 
 class SingleStreamSampling:
@@ -306,6 +350,35 @@ def work_per_replica_step(dim: int) -> dict[str, float]:
 # --- driver --------------------------------------------------------------------------------
 
 
+def thread_scaling(args: argparse.Namespace, dim: int, *, device: str) -> dict[str, Any]:
+    """Population steps/s at 1 and at ``args.threads_max`` intra-op threads, alternated
+    (1, N, 1, N) on the same trainer so that the ratio is taken side by side."""
+    P = args.profile_population
+    trainer = population_trainer(args.model, dim, P, device=device)
+    rates: dict[int, list[float]] = {1: [], args.threads_max: []}
+    for _ in range(2):
+        for threads in rates:
+            torch.set_num_threads(threads)
+            rates[threads].append(population_rate(trainer, seconds=args.seconds, device=device))
+    torch.set_num_threads(args.threads)
+    one, many = (sum(rates[t]) / len(rates[t]) for t in rates)
+    out = {
+        "dim": dim,
+        "population": P,
+        "threads": args.threads_max,
+        "steps_per_s_1_thread": one,
+        f"steps_per_s_{args.threads_max}_threads": many,
+        "speed_up": many / one,
+        "load_average": load_average(),
+    }
+    print(
+        f"threads d={dim} P={P}: 1 thread {one:.2f} steps/s, {args.threads_max} threads "
+        f"{many:.2f} steps/s -> {many / one:.2f}x",
+        flush=True,
+    )
+    return out
+
+
 def load_average() -> list[float]:
     try:
         return list(os.getloadavg())
@@ -317,17 +390,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     rows: list[dict[str, Any]] = []
     for dim in args.dims:
-        for P in args.populations:
-            trainer = population_trainer(args.unit, dim, P, device=device)
+        for P, streams_arg in ((P, g) for P in args.populations for g in args.streams):
+            streams = parse_streams(streams_arg, P)
+            trainer = population_trainer(args.model, dim, P, device=device, streams=streams)
             if args.single_stream_sampling:
                 trainer.task = cast(Task, SingleStreamSampling(trainer.task))
-            base_before = per_seed_rate(args.unit, dim, seconds=args.seconds, device=device)
+            base_before = per_seed_rate(args.model, dim, seconds=args.seconds, device=device)
             pop = population_rate(trainer, seconds=args.seconds, device=device)
-            base_after = per_seed_rate(args.unit, dim, seconds=args.seconds, device=device)
+            base_after = per_seed_rate(args.model, dim, seconds=args.seconds, device=device)
             base = (base_before + base_after) / 2
             row = {
                 "dim": dim,
                 "population": P,
+                "data_streams": trainer.groups,
                 "population_steps_per_s": pop,
                 "replica_steps_per_s": pop * P,
                 "per_seed_steps_per_s": base,
@@ -338,16 +413,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             rows.append(row)
             print(
-                f"d={dim:3d} P={P:6d}  {row['replica_steps_per_s']:12.0f} replica-steps/s  "
+                f"{args.model} d={dim:3d} P={P:6d} G={trainer.groups:6d}  "
+                f"{row['replica_steps_per_s']:12.0f} replica-steps/s  "
                 f"per-seed {base:7.0f} steps/s  ratio {row['ratio']:8.1f}x  "
                 f"state {row['persistent_bytes']:.0f} B/replica  "
                 f"load {' '.join(f'{v:.1f}' for v in row['load_average'])}",
                 flush=True,
             )
             del trainer
+    scaling = []
+    for dim in args.thread_scaling_dims:
+        scaling.append(thread_scaling(args, dim, device=device))
     profiles = []
     for dim in args.dims:
-        trainer = population_trainer(args.unit, dim, args.profile_population, device=device)
+        trainer = population_trainer(args.model, dim, args.profile_population, device=device)
         if args.single_stream_sampling:
             trainer.task = cast(Task, SingleStreamSampling(trainer.task))
         prof = profile_step(trainer, steps=args.profile_steps, device=device)
@@ -394,7 +473,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device": device if not device.startswith("cuda") else torch.cuda.get_device_name(),
         },
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "unit": args.unit,
+        "model": args.model,
+        "subset_offset": args.subset_offset,
+        "thread_scaling": scaling,
         "single_stream_sampling": args.single_stream_sampling,
         "rows": rows,
         "profiles": profiles,
@@ -405,7 +486,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--unit", choices=sorted(PLAIN_UNITS), default="nau")
+    parser.add_argument("--model", choices=sorted(MODELS), default="nau-nau")
+    parser.add_argument(
+        "--unit",
+        choices=("nau", "nalu"),
+        default=None,
+        help="the earlier spelling of --model: nau = nau-nau, nalu = nalu-nalu",
+    )
+    parser.add_argument(
+        "--streams",
+        nargs="+",
+        default=["P"],
+        help="data streams per row: P (one per replica) or a number of groups",
+    )
+    parser.add_argument("--thread-scaling-dims", type=int, nargs="*", default=[])
+    parser.add_argument(
+        "--subset-offset",
+        choices=("seed", "fixed"),
+        default="seed",
+        help="the static task's subset placement: per seed (the protocol) or one for all",
+    )
+    parser.add_argument("--threads-max", type=int, default=2)
     parser.add_argument("--populations", type=int, nargs="+", default=[1, 16, 64, 256, 1024, 4096])
     parser.add_argument("--dims", type=int, nargs="+", default=[100, 2])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
@@ -420,6 +521,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, a few seconds")
     args = parser.parse_args(argv)
+    if args.unit is not None:
+        args.model = f"{args.unit}-{args.unit}"
     if args.smoke_test:
         args.populations, args.dims, args.seconds = [1, 8], [100, 2], 0.05
         args.profile_population, args.profile_steps = 8, 2
@@ -428,6 +531,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    SUBSET_OFFSET["value"] = args.subset_offset
     torch.set_num_threads(args.threads)
     report = run(args)
     if args.json is not None:

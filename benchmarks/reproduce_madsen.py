@@ -1,20 +1,23 @@
 """Madsen & Johansen (2020), static arithmetic task: our success rates next to theirs.
 
 Protocol (their appendix "simple function task"): x in R^100, subset ratio 0.25, overlap
-0.5, interpolation U[1,2] -> extrapolation U[2,6], Adam (lr 1e-3), batch 128 drawn fresh at
-every step, two-layer networks with 2 hidden units, the success criterion of the
-eps-perturbed exact solution (eps = 1e-5) at the step with the lowest interpolation error,
-Wilson 95% intervals over seeds.
+0.5 (25-input subsets sharing 12, at an offset drawn per seed), interpolation U[1,2] ->
+extrapolation U[2,6], Adam (lr 1e-3), batch 128 drawn fresh at every step, two-layer networks
+with 2 hidden units, the paper's success criterion (first layer ε-perturbed, ε = 1e-5, the op
+exact) at the step with the lowest interpolation error, Wilson 95% intervals over seeds;
+solved-at is the median over the solved seeds.
 
-Models are two-layer stacks: NAC+ -> NAC+, NAC+ -> NAC*, NALU -> NALU, NAU -> NAU and
-NAU -> NMU (the multiplicative units get the additive unit of their family as first layer,
-the same reading as the ``madsen2020-static`` search-space preset).
+Every model's configuration comes from the published-row table (nalu_core/_published.py):
+NAC₊ -> NAC₊, NAC₊ -> NAC•, NALU -> NALU (no regulariser, as the reference), NAU -> NAU
+(λ̂ = 0.01 on both layers, 5e3 -> 5e4) and NAU -> NMU (λ̂ = 10 on both layers, 1e6 -> 2e6:
+stable-nalu has one --regualizer for the network). ``--flags-table`` prints each row's
+reference batch-job flags beside ours.
 
 Variants:
-  --full           5e6 steps, 100 seeds, published regulariser schedules (a GPU job).
-  (default)        the reduced CPU variant: 25k steps, 8 seeds; each unit keeps its published
-                   regulariser strength, ramped in from 60% to 80% of the run (the
-                   published onsets, 5e3 and 1e6 steps, follow convergence as this does).
+  --full           5e6 steps, 100 seeds, each row's published schedule (a GPU job).
+  (default)        the reduced CPU variant: 25k steps, 8 seeds; each row keeps its λ̂,
+                   ramped in from 60% to 80% of the run (the published onsets, 5e3 and 1e6
+                   steps, follow convergence as this does).
   --smoke-test     a few steps of every cell, to keep this script from rotting.
 
 Each cell (model x op) is written to ``OUT/cells/<model>-<op>.json`` as soon as it finishes,
@@ -28,6 +31,7 @@ is rewritten to ``OUT/table.md`` after every cell.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -42,14 +46,7 @@ from typing import Any
 
 import torch
 
-from nalu_core import (
-    LayerConfig,
-    ModelConfig,
-    PopulationTrainer,
-    RunConfig,
-    TaskConfig,
-    TrainConfig,
-)
+from nalu_core import MADSEN_GRID, PUBLISHED_ROWS, PopulationTrainer, PublishedRow, RunConfig
 from nalu_core._metrics import wilson_interval
 
 FULL_STEPS = 5_000_000
@@ -89,23 +86,15 @@ PRIORITY = (
 )
 OP_SYMBOL = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
 
-# model name -> (first layer, second layer)
-MODELS: dict[str, tuple[str, str]] = {
-    "nac_add": ("nac_add", "nac_add"),
-    "nac_mul": ("nac_add", "nac_mul"),
-    "nalu": ("nalu", "nalu"),
-    "nau": ("nau", "nau"),
-    "nmu": ("nau", "nmu"),
-}
-MODEL_LABEL = {"nac_add": "NAC₊", "nac_mul": "NAC•", "nalu": "NALU", "nau": "NAU", "nmu": "NMU"}
-
+# every row's configuration (stack, per-layer λ̂ and onsets, lr, clipping, steps) and its
+# published cells come from the one table in nalu_core/_published.py
+ROWS: dict[str, PublishedRow] = {m: PUBLISHED_ROWS[f"madsen2020/{m}"] for m in MADSEN_GRID}
+# model name -> its stack, e.g. nmu -> (nau, nmu)
+MODELS: dict[str, tuple[str, ...]] = {m: row.units for m, row in ROWS.items()}
+MODEL_LABEL = {m: row.label for m, row in ROWS.items()}
 # Madsen & Johansen (2020), Table 1, U[1,2] -> U[2,6], 100 seeds: success rate in %.
-PUBLISHED: dict[str, dict[str, int]] = {
-    "nac_add": {"add": 100, "sub": 100, "mul": 0, "div": 0},
-    "nac_mul": {"add": 0, "sub": 0, "mul": 31, "div": 0},
-    "nalu": {"add": 14, "sub": 14, "mul": 0, "div": 0},
-    "nau": {"add": 100, "sub": 100, "mul": 0, "div": 0},
-    "nmu": {"add": 0, "sub": 56, "mul": 98, "div": 0},
+PUBLISHED: dict[str, dict[str, float]] = {
+    m: {op: row.results[op].success for op in OPS} for m, row in ROWS.items()
 }
 PUBLISHED_SEEDS = 100
 
@@ -124,43 +113,59 @@ class Variant:
 
 
 def run_config(model: str, op: str, variant: Variant, *, device: str) -> RunConfig:
-    first, second = MODELS[model]
-    reg: dict[str, Any] = {}
+    row = ROWS[model]
+    onset: dict[str, int] = {}
     if not variant.published_schedule:
         # the published onsets (up to 1e6 steps) would never be reached in a short run
-        reg = {
+        onset = {
             "regularizer_start": int(variant.steps * REG_START_FRACTION),
             "regularizer_end": int(variant.steps * REG_END_FRACTION),
         }
-    if variant.regularizer_lambda is not None:
-        reg["regularizer_lambda"] = variant.regularizer_lambda
-    return RunConfig(
-        task=TaskConfig(
-            name="static",
-            op=op,
-            options={
-                "input_size": 100,
-                "subset_ratio": 0.25,
-                "overlap_ratio": 0.5,
-                "range_preset": "madsen_1_2",
-            },
-        ),
-        model=ModelConfig(
-            layers=(LayerConfig(unit=first), LayerConfig(unit=second)), hidden_size=2
-        ),
-        train=TrainConfig(
-            seeds=variant.seeds,
-            seed=0,
-            steps=variant.steps,
-            batch_size=128,
-            optimizer="adam",
-            lr=1e-3,
-            eval_every=variant.eval_every,
-            eval_samples=variant.eval_samples,
-            device=device,
-            **reg,
-        ),
+    config = row.run_config(
+        op,
+        steps=variant.steps,
+        seeds=variant.seeds,
+        device=device,
+        eval_every=variant.eval_every,
+        eval_samples=variant.eval_samples,
+        **onset,
     )
+    if variant.regularizer_lambda is not None:
+        train = dataclasses.replace(
+            config.train,
+            regularizer_lambda=variant.regularizer_lambda,
+            regularizer_start=onset.get("regularizer_start", config.train.regularizer_start),
+            regularizer_end=onset.get("regularizer_end", config.train.regularizer_end),
+        )
+        config = dataclasses.replace(config, train=train)
+    return config
+
+
+def flags_table() -> str:
+    """Each row's reference batch-job flags beside the configuration we run (markdown)."""
+    lines = [
+        "| row | reference flags | ours: stack, λ̂ (onset → end), lr, clip, steps |",
+        "|---|---|---|",
+    ]
+    for row in PUBLISHED_ROWS.values():
+        schedule = row.schedule()
+        if schedule is None:
+            reg = "no regulariser"
+        elif schedule.kind == "geometric":
+            reg = (
+                f"β = {schedule.initial:g} ×{schedule.growth:g} every {schedule.every:g} "
+                f"steps to {schedule.lambda_:g}"
+            )
+        else:
+            reg = (
+                f"λ̂ = {schedule.lambda_:g} on every layer ({schedule.start:g} → {schedule.end:g})"
+            )
+        options = [dict(o) for o in row.unit_options if o]
+        stack = " → ".join(row.units) + (f" {options}" if options else "")
+        clip = "no clip" if row.clip == "none" else f"clip {row.clip} {row.clip_value:g}"
+        ours = f"{stack}; {reg}; {row.optimizer} {row.lr:g}; {clip}; {row.steps:g} steps"
+        lines.append(f"| `{row.key}` | `{row.reference_flags}` | {ours} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_cell(model: str, op: str, variant: Variant, *, device: str) -> dict[str, Any]:
@@ -172,7 +177,9 @@ def run_cell(model: str, op: str, variant: Variant, *, device: str) -> dict[str,
     wall = time.perf_counter() - start
     result = trainer.result()
     n_success = sum(s.success for s in result.seeds)
-    solved = sorted(s.solved_at for s in result.seeds if s.solved_at is not None)
+    # solved-at as the reference's R summary: the solved seeds only
+    solved = sorted(s.solved_at for s in result.seeds if s.success and s.solved_at is not None)
+    metrics = result.metrics()
     extrap = sorted(s.extrapolation_mse for s in result.seeds)
     return {
         "model": model,
@@ -187,6 +194,9 @@ def run_cell(model: str, op: str, variant: Variant, *, device: str) -> dict[str,
         "diverged": sum(s.diverged for s in result.seeds),
         "extrapolation_mse_median": extrap[len(extrap) // 2],
         "threshold": result.threshold,
+        "threshold_rule": result.threshold_rule,
+        "solved_at_median": metrics["solved_at_median"],
+        "sparsity_error_mean": metrics["sparsity_error_mean"],
         "wall_seconds": wall,
         "replica_steps_per_second": len(result.seeds) * result.steps / wall,
         "config": config.to_dict(),
@@ -207,7 +217,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def verdict(ours: tuple[int, int], published: int) -> str:
+def verdict(ours: tuple[int, int], published: float) -> str:
     """'agrees' when the two Wilson intervals overlap, else which side is higher."""
     lo, hi = wilson_interval(*ours)
     p_lo, p_hi = wilson_interval(round(published * PUBLISHED_SEEDS / 100), PUBLISHED_SEEDS)
@@ -231,14 +241,14 @@ def table(cells: Sequence[dict[str, Any]]) -> str:
             cell = by_key.get((model, op))
             pub = PUBLISHED[model][op]
             p_lo, p_hi = wilson_interval(round(pub * PUBLISHED_SEEDS / 100), PUBLISHED_SEEDS)
-            theirs = f"{pub}% ({_pct(p_lo)}–{_pct(p_hi)})"
+            theirs = f"{pub:g}% ({_pct(p_lo)}–{_pct(p_hi)})"
             label = f"{MODEL_LABEL[model]} ({'→'.join(MODELS[model])})"
             if cell is None:
                 lines.append(f"| {label} | {OP_SYMBOL[op]} | not run | | | | {theirs} | |")
                 continue
             lo, hi = cell["success_ci"]
-            solved = cell["solved_at"]
-            median_solved = str(solved[len(solved) // 2]) if solved else "–"
+            median = cell.get("solved_at_median")
+            median_solved = f"{median:g}" if median is not None and math.isfinite(median) else "–"
             ours = f"{cell['successes']}/{cell['seeds']} = {_pct(cell['success_rate'])} "
             ours += f"({_pct(lo)}–{_pct(hi)})"
             v = verdict((cell["successes"], cell["seeds"]), pub)
@@ -279,6 +289,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("runs/madsen"))
     parser.add_argument("--table-only", action="store_true", help="rewrite OUT/table.md")
+    parser.add_argument(
+        "--flags-table", action="store_true", help="print each row's reference flags and ours"
+    )
     parser.add_argument("--rerun", action="store_true", help="ignore finished cells")
     parser.add_argument(
         "--regularizer-lambda",
@@ -340,6 +353,9 @@ def choose_variant(args: argparse.Namespace) -> Variant:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.flags_table:
+        print(flags_table(), end="")
+        return 0
     torch.set_num_threads(args.threads)
     variant = choose_variant(args)
     out: Path = args.out

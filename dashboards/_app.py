@@ -27,12 +27,24 @@ from dashboards._models import (
     TrialResponse,
 )
 from dashboards._service import Dashboard
+from study import redact
 
 log = logging.getLogger("dashboards")
 
 PLOTLY_SRC = '<script src="/static/plotly.min.js"></script>'
 Task = Annotated[str | None, Query(description="task name, e.g. static; default: the commonest")]
 Op = Annotated[str | None, Query(description="op, e.g. add, sub, mul, div")]
+Params = Annotated[
+    str | None,
+    Query(max_length=2000, description="comma-separated parameters to draw, e.g. unit,lr"),
+]
+
+
+def _axes(params: str | None) -> list[str] | None:
+    chosen = [p.strip() for p in (params or "").split(",") if p.strip()]
+    return chosen or None
+
+
 Evaluator = Annotated[
     str, Query(description="Optuna importance evaluator: ped_anova (default), fanova or mdi")
 ]
@@ -92,8 +104,10 @@ def _status(err: DashboardError) -> int:
 
 def _error_response(request: Request, status: int, title: str, err: BaseException) -> Response:
     field = getattr(err, "field", None)
+    # a store's error may quote its URL: never show the password to a viewer
+    message = redact(str(err))
     if request.url.path.startswith("/api/"):
-        body = ErrorResponse(error=title, detail=str(err), field=field)
+        body = ErrorResponse(error=title, detail=message, field=field)
         return JSONResponse(body.model_dump(), status_code=status)
     hint = {
         503: "Check that the tracking server (or SQLite file) is reachable and that "
@@ -103,7 +117,7 @@ def _error_response(request: Request, status: int, title: str, err: BaseExceptio
     }.get(status, "The error was logged by the dashboard process.")
     page = pages.document(
         title,
-        pages.error_section(title, str(err), hint),
+        pages.error_section(title, message, hint),
         plotly_js="",
         nav=pages.link("/", "studies"),
     )
@@ -182,9 +196,14 @@ def _add_api(app: FastAPI, dash: Dashboard) -> None:
         return dash.importance(study, task=task, op=op, evaluator=evaluator, wait=wait)
 
     @app.get("/api/studies/{study:path}/parallel", tags=["api"], responses=errors)
-    def api_parallel(study: str, task: Task = None, op: Op = None) -> ParallelResponse:
-        """Varying hyperparameters and success rate of every complete trial."""
-        return dash.parallel(study, task=task, op=op)
+    def api_parallel(
+        study: str, task: Task = None, op: Op = None, params: Params = None
+    ) -> ParallelResponse:
+        """Varying hyperparameters and success rate of every complete trial.
+
+        ``params``: comma-separated axes; default ``unit`` and the params the success rate
+        moves with most (at most 8)."""
+        return dash.parallel(study, task=task, op=op, params=_axes(params))
 
     @app.get("/api/studies/{study:path}/scatter", tags=["api"], responses=errors)
     def api_scatter(study: str, task: Task = None, op: Op = None) -> ScatterResponse:
@@ -244,13 +263,17 @@ def _add_pages(app: FastAPI, dash: Dashboard) -> None:
         )
 
     @app.get("/studies/{study:path}/plots", include_in_schema=False)
-    def plots_page(study: str, task: Task = None, op: Op = None) -> HTMLResponse:
+    def plots_page(
+        study: str, task: Task = None, op: Op = None, params: Params = None
+    ) -> HTMLResponse:
         # ~1 MB of figure JSON for 10,000 trials: render it once per read of the trials
+        axes = _axes(params)
         body = dash.memo(
             study,
-            ("plots-html", task, op),
+            ("plots-html", task, op, tuple(axes or ())),
             lambda _: pages.plots_section(
-                dash.parallel(study, task=task, op=op), dash.scatter(study, task=task, op=op)
+                dash.parallel(study, task=task, op=op, params=axes),
+                dash.scatter(study, task=task, op=op),
             ),
         )
         return _html(f"{study} plots", body, pages.study_nav(LINKS, study))

@@ -287,7 +287,11 @@ class MlflowSource:
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
         if self.ui_url is None:
             return None
-        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+        # the classic runs view: MLflow 3.x otherwise opens its GenAI view (docs/tracking.md)
+        return (
+            f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+            "?workflowType=machine_learning"
+        )
 
     def experiments(self) -> list[Experiment]:
         def load() -> list[Experiment]:

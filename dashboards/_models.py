@@ -131,10 +131,16 @@ class ParallelResponse(BaseModel):
     study: str
     task: str | None
     op: str | None
-    params: list[str]
+    params: list[str] = Field(description="the axes drawn (chosen, else the most telling)")
     numeric: dict[str, bool]
     rows: list[dict[str, str | float | None]]
     target: str
+    log: dict[str, bool] = Field(
+        default_factory=dict, description="axes drawn on a log scale (log-sampled params)"
+    )
+    available: list[str] = Field(
+        default_factory=list, description="every param that varies; ?params= picks the axes"
+    )
 
 
 class ScatterPoint(BaseModel):

@@ -62,8 +62,9 @@ def link(href: str | None, text: str) -> str:
 
 
 def plot(div_id: str, figure: dict[str, Any]) -> str:
-    # "</" inside a JSON string would end the <script> element early
-    payload = json.dumps(figure, separators=(",", ":")).replace("</", "<\\/")
+    # "</script" ends the element early and "<!--" switches the HTML parser into its
+    # escaped-script state: no "<" at all reaches the page (JSON reads \u003c as "<")
+    payload = json.dumps(figure, separators=(",", ":")).replace("<", "\\u003c")
     return (
         f'<div class="plot" id="{esc(div_id)}"></div>\n<script>(function(){{var f={payload};'
         f'Plotly.newPlot("{esc(div_id)}",f.data,f.layout,{{responsive:true}});}})();</script>'
@@ -252,21 +253,51 @@ def importance_section(
     slice_links = " ".join(
         link(links.importance(imp.study, *sl.split("/", 1)), sl) for sl in slices
     )
+    caveat = (
+        f'<p class="warning" id="{esc(anchor)}-caveat">Only {imp.trials} complete trial(s): '
+        f"an importance ranking needs about {figs.FEW_TRIALS} or more to mean much; read "
+        "this as a hint, not a finding.</p>"
+        if imp.trials < figs.FEW_TRIALS
+        else ""
+    )
     return (
         f'<h2 id="{esc(anchor)}">Hyperparameter importance ({esc(where)})</h2>'
         f"<p class=slices>slices: {slice_links}</p>"
         f"<p class=note>Optuna's {esc(imp.evaluator)} evaluator on {imp.trials} complete trials, "
-        f"target {esc(imp.target)}, trials from {esc(imp.source)}.</p>" + body
+        f"target {esc(imp.target)}, trials from {esc(imp.source)}.</p>" + caveat + body
     )
 
 
-def plots_section(par: ParallelResponse, sc: ScatterResponse) -> str:
+def axes_form(par: ParallelResponse) -> str:
+    """Checkboxes for the parallel-coordinates axes; submits ``?params=a,b`` (a GET form
+    would send one ``params`` per box, so a line of script joins them)."""
+    if not par.available:
+        return ""
+    boxes = "".join(
+        f'<label><input type=checkbox name=axis value="{esc(n)}"'
+        f"{' checked' if n in par.params else ''}> {esc(n)}</label> "
+        for n in par.available
+    )
+    return (
+        '<form id="axes-form" class="axes" onsubmit="var v=[].slice.call(this.querySelectorAll('
+        "'input[name=axis]:checked')).map(function(i){return i.value}).join(',');"
+        "location.search='?params='+encodeURIComponent(v);return false;\">"
+        f"axes: {boxes}<button type=submit>draw</button></form>"
+    )
+
+
+def plots_section(par: ParallelResponse, sc: ScatterResponse, *, form: bool = True) -> str:
+    logs = [n for n in par.params if par.log.get(n)]
+    log_note = f" Log axes (log-sampled): {esc(', '.join(logs))}." if logs else ""
     return (
         '<h2 id="plots">Trials</h2>'
-        f"<p class=note>{len(par.rows)} complete trials; colour = {esc(par.target)}.</p>"
+        f"<p class=note>{len(par.rows)} complete trials; colour = {esc(par.target)}; "
+        f"{len(par.params)} of {len(par.available)} varying parameters drawn.{log_note}</p>"
+        + (axes_form(par) if form else "")
         + plot("parallel-plot", figs.parallel_figure(par))
-        + f"<p class=note>{len(sc.points)} trials with both MSEs. Points far above the "
-        "diagonal interpolate but do not extrapolate.</p>"
+        + f"<p class=note id=scatter-note>{len(sc.points)} trials with both MSEs. The dashed "
+        "diagonal is extrapolation MSE = interpolation MSE: points far above it interpolate "
+        f"but do not extrapolate. {esc(figs.SOLVED_NOTE)}; such trials solved the task.</p>"
         + plot("scatter-plot", figs.scatter_figure(sc))
     )
 

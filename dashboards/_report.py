@@ -16,14 +16,16 @@ from dashboards._app import plotly_js
 from dashboards._errors import DashboardError
 from dashboards._importance import DEFAULT_EVALUATOR
 from dashboards._service import Dashboard
+from study import redact
 
 
 class ReportLinks:
     """Links inside the report: anchors for what it contains, nothing for what it does not."""
 
-    def __init__(self, study: str, trials: set[str]) -> None:
+    def __init__(self, study: str, trials: set[str], slices: list[str] | None = None) -> None:
         self._study = study
         self._trials = trials
+        self._slices = slices or []
 
     def home(self) -> str:
         return "#top"
@@ -41,6 +43,8 @@ class ReportLinks:
         return "#division"
 
     def importance(self, study: str, task: str | None = None, op: str | None = None) -> str:
+        if not (task and op) and self._slices:
+            task, op = self._slices[0].split("/", 1)  # the contents: the first slice's section
         return f"#importance-{quote(task)}-{quote(op)}" if task and op else "#top"
 
     def plots(self, study: str) -> str:
@@ -56,7 +60,7 @@ def render_report(dash: Dashboard, study: str, *, evaluator: str = DEFAULT_EVALU
     tasks = sorted({s.split("/", 1)[0] for s in slices})
     tables = [dash.table(study, task=t) for t in tasks]
     best_runs = {c.run_id for tab in tables for row in tab.cells.values() for c in row.values()}
-    links = ReportLinks(study, best_runs)
+    links = ReportLinks(study, best_runs, slices)
     parts = ['<div id="top"></div>', pages.study_section(study, slices, links)]
     parts += [pages.madsen_section(tab, links) for tab in tables]
     for sl in slices:
@@ -76,10 +80,10 @@ def render_report(dash: Dashboard, study: str, *, evaluator: str = DEFAULT_EVALU
         parts.append(
             _optional(functools.partial(importance_part, *sl.split("/", 1)), "importance")
         )
-    parts.append(pages.plots_section(dash.parallel(study), dash.scatter(study)))
+    parts.append(pages.plots_section(dash.parallel(study), dash.scatter(study), form=False))
     parts += [pages.trial_section(dash.trial(run_id), links) for run_id in sorted(best_runs)]
     script = f"<script>{plotly_js()}</script>"
-    nav = f"nalu-study report · {pages.esc(study)} · {pages.esc(dash.tracking_uri)}"
+    nav = f"nalu-study report · {pages.esc(study)} · {pages.esc(redact(dash.tracking_uri))}"
     return pages.document(
         f"nalu-study report: {study}", "\n".join(parts), plotly_js=script, nav=nav
     )

@@ -42,6 +42,7 @@ from dashboards._models import (
     TrialResponse,
 )
 from dashboards._snapshot import Snapshots
+from study import redact
 
 _V = TypeVar("_V")
 
@@ -164,7 +165,7 @@ class Dashboard:
 
     def studies(self) -> StudiesResponse:
         summaries = [self._summary(exp) for exp in self.source.experiments()]
-        return StudiesResponse(tracking_uri=self.tracking_uri, studies=summaries)
+        return StudiesResponse(tracking_uri=redact(self.tracking_uri), studies=summaries)
 
     def _summary(self, exp: Experiment) -> StudySummary:
         return self.memo(
@@ -263,12 +264,20 @@ class Dashboard:
             raise
 
     def parallel(
-        self, study: str, *, task: str | None = None, op: str | None = None
+        self,
+        study: str,
+        *,
+        task: str | None = None,
+        op: str | None = None,
+        params: list[str] | None = None,
     ) -> ParallelResponse:
+        chosen = tuple(params or ())
         return self.memo(
             study,
-            ("parallel", task, op),
-            lambda trials: views.parallel(study, trials, task=task, op=op),
+            ("parallel", task, op, chosen),
+            lambda trials: views.parallel(
+                study, trials, task=task, op=op, params=list(chosen) or None
+            ),
         )
 
     def scatter(

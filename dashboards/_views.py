@@ -28,6 +28,7 @@ from dashboards._models import (
     TableCell,
     TrialRow,
 )
+from study import division_summary
 
 OP_ORDER = ("add", "sub", "mul", "div", "square", "sqrt")
 RANKING = "success_rate desc, then Wilson lower bound desc, then extrapolation_mse_median asc"
@@ -35,11 +36,13 @@ DIVISION_EXPLANATION = (
     "Multiplicative units compute NAC\u2022 = \u220f(|z|+\u03b5)^W, "
     "i.e. exp(W\u00b7log(|z|+\u03b5)). "
     "Division needs W < 0 on the denominator, so the output grows like |z|^W as z \u2192 0: "
-    "near-zero denominators in the extrapolation range give huge errors and gradients, and "
-    "the loss surface has unstable minima. Averaged MSE hides this; the curves below show the "
-    "extrapolation error of each unit's best configuration per decade of |denominator| "
-    "(log-log). A curve that rises to the left is the failure; a flat one is a unit that "
-    "divides robustly."
+    "near-zero denominators give huge errors and gradients, and the loss surface has unstable "
+    "minima. Averaged MSE hides this; the curves below show the extrapolation error of each "
+    "unit's best configuration per decade of |denominator| (log-log), from a probe that moves "
+    "the denominator down to 1e-6, far below most extrapolation ranges. Every divider's error "
+    "rises there (1/x does), so the summary's verdict comes from the unit's success over "
+    "seeds inside the extrapolation range, and the probe's rise is reported apart as "
+    "'probe only'. A flat curve is a unit that stays accurate even at tiny denominators."
 )
 
 RunUrl = Callable[[Trial], str | None]
@@ -69,11 +72,20 @@ def ranked(trials: Iterable[Trial]) -> list[Trial]:
     return sorted((t for t in trials if t.state == "COMPLETE"), key=rank_key)
 
 
+def short_value(text: str) -> str:
+    """A logged param for reading: numbers to 3 significant digits (0.0123, 1e-07), the rest
+    as logged."""
+    number = _as_number(text)
+    if number is None or text.strip().lower() in ("true", "false"):
+        return text
+    return f"{number:.3g}"
+
+
 def config_text(trial: Trial, keys: list[str] | None = None) -> str:
     """``k=v`` of ``keys`` (the params that vary among the trials compared), else of all."""
     params = trial.config_params
     names = sorted(params) if keys is None else [k for k in keys if k in params]
-    return " ".join(f"{k}={params[k]}" for k in names)
+    return " ".join(f"{k}={short_value(params[k])}" for k in names)
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -321,13 +333,26 @@ def division_curve(trial: Trial, points: list[ProbePoint]) -> DivisionCurve:
     growth = None
     if len(points) >= 2 and points[-1].error > 0:
         growth = points[0].error / points[-1].error
+    rate, lower, upper = (
+        trial.metric(name) for name in ("success_rate", "success_lower", "success_upper")
+    )
+    # Worded here from the seeds' success in the extrapolation range (older runs carry a tag
+    # that called every unit "fails near zero" from the probe's tiny denominators alone).
+    bins = [
+        {"lo": p.lo, "hi": p.hi, "mse_median": p.error}
+        if p.lo is not None and p.hi is not None
+        else {"center": p.abs_denominator, "label": f"{p.abs_denominator:.0e}", "mse": p.error}
+        for p in points
+    ]
+    ci = None if lower is None or upper is None else (lower, upper)
+    summary = division_summary({"bins": bins}, success_rate=rate, success_ci=ci)
     return DivisionCurve(
         unit=trial.unit,
         run_id=trial.run_id,
-        success_rate=trial.metric("success_rate"),
-        success_lower=trial.metric("success_lower"),
-        success_upper=trial.metric("success_upper"),
-        summary=trial.tags.get("division_summary"),
+        success_rate=rate,
+        success_lower=lower,
+        success_upper=upper,
+        summary=summary or trial.tags.get("division_summary"),
         points=points,
         growth=growth,
     )
@@ -362,27 +387,80 @@ def hyperparameters(trials: list[Trial]) -> tuple[list[str], dict[str, bool]]:
     return varying, numeric
 
 
+# More axes than this make parallel coordinates unreadable (22 axes was reported).
+MAX_AXES = 8
+# A positive numeric param spanning this ratio or more was sampled on a log scale (the rule
+# importance uses to rebuild distributions from MLflow params).
+LOG_SPAN = 100.0
+
+
+def _is_log(values: list[float]) -> bool:
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= LOG_SPAN
+
+
+def _telling(name: str, rows: list[dict[str, Any]], target: str) -> float:
+    """How much the target moves with the param: the spread of its per-value mean target."""
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        value, score = row.get(name), row.get(target)
+        if isinstance(score, int | float):
+            key = f"{float(value):.2g}" if isinstance(value, int | float) else str(value)
+            groups.setdefault(key, []).append(float(score))
+    means = [statistics.fmean(v) for v in groups.values() if v]
+    return max(means) - min(means) if len(means) > 1 else 0.0
+
+
 def parallel(
-    study: str, trials: list[Trial], *, task: str | None = None, op: str | None = None
+    study: str,
+    trials: list[Trial],
+    *,
+    task: str | None = None,
+    op: str | None = None,
+    params: list[str] | None = None,
 ) -> ParallelResponse:
+    """Parallel coordinates of the complete trials over ``params`` (default: ``unit`` and the
+    ``MAX_AXES`` params the success rate moves with most); log-sampled ones on log axes."""
     chosen = [t for t in trials if _in_slice(t, task, op) and t.state == "COMPLETE"]
-    params, numeric = hyperparameters(chosen)
+    available, numeric = hyperparameters(chosen)
     rows: list[dict[str, str | float | None]] = []
     for trial in chosen:
         row: dict[str, str | float | None] = {"run_id": trial.run_id}
-        for name in params:
+        for name in available:
             raw = trial.unit if name == "unit" else trial.params.get(name, "")
             row[name] = _as_number(raw) if numeric[name] else raw
         row["success_rate"] = trial.metric("success_rate")
         rows.append(row)
+    if params:
+        unknown = [p for p in params if p not in available]
+        if unknown:
+            raise NotFoundError(
+                f"no varying param {unknown[0]!r}; choose from {available}", field="params"
+            )
+        axes = list(params)
+    else:
+        ranked_axes = sorted(
+            (n for n in available if n != "unit"),
+            key=lambda n: (-_telling(n, rows, "success_rate"), n),
+        )
+        axes = (["unit"] if "unit" in available else []) + ranked_axes
+        axes = axes[:MAX_AXES]
+    log = {
+        n: numeric[n] and _is_log([v for r in rows if isinstance(v := r.get(n), float)])
+        for n in axes
+    }
     return ParallelResponse(
         study=study,
         task=task,
         op=op,
-        params=params,
-        numeric=numeric,
-        rows=rows,
+        params=axes,
+        numeric={n: numeric[n] for n in axes},
+        rows=[
+            {k: v for k, v in r.items() if k in axes or k in ("run_id", "success_rate")}
+            for r in rows
+        ],
         target="success_rate",
+        log=log,
+        available=available,
     )
 
 

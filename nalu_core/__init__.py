@@ -18,6 +18,13 @@ from nalu_core._errors import ConfigError, NaluCoreError
 from nalu_core._metrics import normalized_error, population_mse, wilson_interval
 from nalu_core._mnist_data import MnistDataError, load_mnist, read_idx, write_idx
 from nalu_core._network import PopulationNetwork, build_network, validate_model_config
+from nalu_core._published import (
+    MADSEN_GRID,
+    PUBLISHED_ROWS,
+    PublishedResult,
+    PublishedRow,
+    published_row,
+)
 from nalu_core._recurrent import (
     PopulationGRU,
     PopulationLSTM,
@@ -65,6 +72,11 @@ from nalu_core._units import (
 register_recurrent_units()
 
 __all__ = [
+    "MADSEN_GRID",
+    "PUBLISHED_ROWS",
+    "PublishedResult",
+    "PublishedRow",
+    "published_row",
     "MnistAdd",
     "MnistCount",
     "MnistDataError",

@@ -175,6 +175,9 @@ class TrainConfig:
 
     seeds: int = 32
     seed: int = 0
+    # G groups of seeds/G replicas, each group sharing one fresh batch per step; None: one
+    # stream per replica (independent seeds). See docs/training.md, "Shared data streams".
+    data_streams: int | None = None
     steps: int = 50_000
     batch_size: int = 128
     optimizer: OptimizerName = "adam"
@@ -206,6 +209,19 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}", field=name)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}", field="seed")
+        streams = self.data_streams
+        if streams is not None:
+            if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
+                raise ConfigError(
+                    f"data_streams must be an int >= 1 or null, got {streams!r}",
+                    field="data_streams",
+                )
+            seeds = self.seeds
+            if seeds % streams:
+                raise ConfigError(
+                    f"data_streams must divide seeds into equal groups: {seeds=} {streams=}",
+                    field="data_streams",
+                )
         _check_choice("optimizer", self.optimizer, OptimizerName)
         _check_choice("clip", self.clip, ClipMode)
         _check_positive("lr", self.lr)

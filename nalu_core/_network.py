@@ -72,6 +72,9 @@ class PopulationNetwork(nn.Module):
     def _units(self) -> list[PopulationModule]:
         return [cast(PopulationModule, layer) for layer in self.layers]
 
+    # the trainer and the evaluation may pass x (G, B, in), G | P: one batch per replica group
+    accepts_groups = True
+
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
             x = layer(x)  # (P, B, features)

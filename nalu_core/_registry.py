@@ -96,15 +96,40 @@ class OptionSpec:
             raise ConfigError(f"{field} must be {self.allowed()}, got {value!r}", field=field)
 
 
+ScheduleKind = Literal["linear", "geometric"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class RegularizerSchedule:
-    """A published sparsity-regulariser schedule: λ = λ̂ · clip((t − start)/(end − start), 0, 1)."""
+    """A published regulariser schedule.
+
+    ``linear`` (Madsen): λ = λ̂ · clip((t − start)/(end − start), 0, 1), a step at ``start``
+    when ``end <= start``. ``geometric`` (Heim's β for the NPU, as nalm-benchmark runs it):
+    λ = min(λ̂, ``initial`` · ``growth`` ^ ⌊t / ``every``⌋), e.g. 1e-9 → 1e-8 at 10k → 1e-7.
+    ``max_interpolation_mse``: the term applies only to replicas whose last evaluated
+    interpolation MSE is below it (Schlör's iNALU regulariser: only once the fit is close).
+    """
 
     lambda_: float
-    start: int
-    end: int
+    start: int = 0
+    end: int = 0
+    kind: ScheduleKind = "linear"
+    initial: float = 0.0
+    growth: float = 10.0
+    every: int = 10_000
+    max_interpolation_mse: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "geometric"):
+            raise ValueError(f"kind must be linear or geometric, got {self.kind=}")
+        if self.kind == "geometric" and (self.every < 1 or self.growth <= 0):
+            raise ValueError(f"a geometric schedule needs every >= 1, growth > 0: {self=}")
 
     def weight(self, step: int) -> float:
+        if self.lambda_ == 0:
+            return 0.0
+        if self.kind == "geometric":
+            return min(self.lambda_, self.initial * self.growth ** (step // self.every))
         if self.end <= self.start:
             return self.lambda_ if step >= self.start else 0.0
         return self.lambda_ * min(max((step - self.start) / (self.end - self.start), 0.0), 1.0)

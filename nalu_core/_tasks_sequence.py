@@ -31,7 +31,7 @@ from nalu_core._tasks import (
     Ranges,
     Task,
     TaskSpec,
-    _perturbed_op,
+    _madsen_near_perfect,
     parse_ranges,
     place_subsets,
     register_task,
@@ -192,8 +192,9 @@ class RecurrentArithmetic(SequenceTask):
         )
         object.__setattr__(self, "interpolation", interpolation)
         object.__setattr__(self, "extrapolation", extrapolation)
-        size = max(1, round(self.subset_ratio * self.input_size))
-        shared = round(self.overlap_ratio * size)
+        # floor, as stable-nalu's datasets (at least one input per subset)
+        size = max(1, math.floor(self.subset_ratio * self.input_size))
+        shared = math.floor(self.overlap_ratio * size)
         a_slice, b_slice = place_subsets(
             self.input_size, size, shared, seed=self.subset_seed, field=_F + "subset_ratio"
         )
@@ -256,6 +257,9 @@ class RecurrentArithmetic(SequenceTask):
             model, self.input_size, 1, population=population, device=device, dtype=dtype
         )
 
+    def threshold_rule_name(self) -> str:
+        return "madsen2020"
+
     def threshold(self) -> float:
         return _recurrent_threshold(self)
 
@@ -276,8 +280,9 @@ class RecurrentArithmetic(SequenceTask):
 
 @functools.lru_cache(maxsize=64)
 def _recurrent_threshold(task: RecurrentArithmetic, samples: int = 20_000) -> float:
-    """Madsen's criterion carried over to sequences: the extrapolation MSE of the exact
-    accumulator whose relevant weights are 1 - ε and irrelevant ones ε (float64, fixed seed)."""
+    """Madsen's criterion carried over to sequences: the extrapolation MSE of the accumulator
+    whose first-layer weights are 1 - ε (relevant) and ε (irrelevant), the op exact, as the
+    paper's static definition (float64, fixed seed)."""
     gen = torch.Generator().manual_seed(1_234_567)
     eps = task.epsilon
     assert task.extrapolation is not None  # set in __post_init__
@@ -291,7 +296,7 @@ def _recurrent_threshold(task: RecurrentArithmetic, samples: int = 20_000) -> fl
         n = min(chunk, samples - done)
         x = task._draw(gen, n, task.extrapolation_length, task.extrapolation, torch.float64)
         s = x.sum(1)  # (N, in): the sums over steps
-        y = _perturbed_op(task.op, s @ mask_a, s @ mask_b, eps)  # (N,)
+        y = _madsen_near_perfect(task.op, s @ mask_a, s @ mask_b)  # (N,): the op is exact
         total += float((y - task.target(x).squeeze(-1)).pow(2).sum())
         done += n
     return total / samples

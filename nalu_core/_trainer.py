@@ -6,10 +6,18 @@ step for tasks with ``counter_sampling``, else its own data generator), so a rep
 the same way whatever the population size. Replicas share nothing but the program: the
 loss is a sum of per-replica losses, clipping is per replica and Adam/RMSprop/SGD are
 element-wise, so a diverged replica can be frozen without touching the others.
+
+With ``data_streams = G < P`` the replicas form G consecutive groups of P/G; group g draws
+one batch per step from the stream of its first replica (seed ``seed + g·P/G``) and all its
+replicas train on it, each with its own init, optimiser state and divergence handling. The
+network takes the (G, B, in) batch as it is (one layer-1 GEMM per group, see
+``nalu_core._units.ungroup``). Seeds in a group are then correlated: results carry a
+design-effect-adjusted interval and the intra-group correlation beside the plain Wilson one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -21,6 +29,7 @@ import torch
 from nalu_core._config import RunConfig, TrainConfig
 from nalu_core._device import resolve_device, resolve_dtype
 from nalu_core._metrics import (
+    clustered_wilson_interval,
     converged,
     late_share,
     median,
@@ -30,8 +39,10 @@ from nalu_core._metrics import (
     wilson_interval,
 )
 from nalu_core._optim import PopulationOptimizer
+from nalu_core._registry import RegularizerSchedule
 from nalu_core._tasks import PopulationModule, ProbeBin, Task, build_task
 from nalu_core._tasks_sequence import SequenceTask, evaluate_splits, summarize_splits
+from nalu_core._units import ungroup
 
 Tensor = torch.Tensor
 
@@ -61,6 +72,10 @@ class EvalReport:
     success_ci: tuple[float, float]
     train_seconds: float
     threshold: float | None = None
+    # replicas that shared data streams are correlated: the interval widened by the design
+    # effect, and the intra-group correlation it was estimated from (NaN: independent seeds)
+    success_ci_adjusted: tuple[float, float] = (math.nan, math.nan)
+    intra_group_correlation: float = math.nan
     # Trask et al. (2018): 100 = the randomly initialised replicas of this run, 0 = perfect
     normalized_interpolation_error: list[float] = field(default_factory=list)
     normalized_extrapolation_error: list[float] = field(default_factory=list)
@@ -69,11 +84,10 @@ class EvalReport:
 
     def metrics(self) -> dict[str, float]:
         """The flat metric names of docs/CONTRACTS.md."""
-        lower, upper = self.success_ci
         out = {
             "success_rate": self.success_rate,
-            "success_lower": lower,
-            "success_upper": upper,
+            **_interval_metrics(self.success_ci, self.success_ci_adjusted),
+            "intra_group_correlation": self.intra_group_correlation,
             "diverged": float(sum(self.diverged)),
         }
         for split, values in (
@@ -130,6 +144,10 @@ class TrainResult:
     division_probe: dict[str, Any] | None
     steps: int = 0
     train_seconds: float = 0.0
+    success_ci_adjusted: tuple[float, float] = (math.nan, math.nan)
+    intra_group_correlation: float = math.nan
+    threshold_rule: str | None = None
+    threshold_epsilon: float | None = None
     # sequence tasks: their own metrics (MAE, accuracy) at each replica's best step
     task_metrics: dict[str, float] = field(default_factory=dict)
     _best_state: dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
@@ -137,19 +155,24 @@ class TrainResult:
     def metrics(self) -> dict[str, float]:
         """Final flat metrics: the EvalReport names plus solved_at/sparsity/threshold."""
         seeds = self.seeds
-        lower, upper = self.success_ci
         out = {
             "success_rate": self.success_rate,
-            "success_lower": lower,
-            "success_upper": upper,
+            **_interval_metrics(self.success_ci, self.success_ci_adjusted),
+            "intra_group_correlation": self.intra_group_correlation,
             "diverged": float(sum(s.diverged for s in seeds)),
         }
         for split in ("extrapolation", "interpolation"):
             q25, q50, q75 = quantiles([getattr(s, f"{split}_mse") for s in seeds])
             out |= {f"{split}_mse_median": q50, f"{split}_mse_q25": q25, f"{split}_mse_q75": q75}
-        solved = [float(s.solved_at) for s in seeds if s.solved_at is not None]
-        out["solved_at_median"] = median(solved) if solved else math.nan
+        # as stable-nalu's R summary (_compute_summary.r): over the solved seeds only (a seed
+        # that crossed the threshold once but fails at its best step does not count) with R's
+        # median (the mean of the middle two); the sparsity error's mean likewise
+        solved = [s for s in seeds if s.success and s.solved_at is not None]
+        out["solved_at_median"] = median([float(s.solved_at) for s in solved])  # type: ignore[arg-type]
+        # the median over every seed, as before (not a reference figure), and the reference's mean
         out["sparsity_error_median"] = median([s.sparsity_error for s in seeds])
+        sparsity = [s.sparsity_error for s in solved if math.isfinite(s.sparsity_error)]
+        out["sparsity_error_mean"] = sum(sparsity) / len(sparsity) if sparsity else math.nan
         out["threshold"] = math.nan if self.threshold is None else self.threshold
         out |= self.task_metrics
         curve = [h["train_mse_median"] for h in self.history if "train_mse_median" in h]
@@ -164,10 +187,14 @@ class TrainResult:
             "schema": "nalu-study/train/1",
             "configuration": self.config.to_dict(),
             "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
+            "threshold_epsilon": self.threshold_epsilon,
             "steps": self.steps,
             "train_seconds": self.train_seconds,
             "success_rate": self.success_rate,
             "success_ci": list(self.success_ci),
+            "success_ci_adjusted": [_finite_or_none(v) for v in self.success_ci_adjusted],
+            "intra_group_correlation": _finite_or_none(self.intra_group_correlation),
             "metrics": {k: _finite_or_none(v) for k, v in self.metrics().items()},
             "seeds": [s.to_dict() for s in self.seeds],
             "history": [{k: _finite_or_none(v) for k, v in h.items()} for h in self.history],
@@ -179,31 +206,20 @@ class TrainResult:
         return dict(self._best_state)
 
 
-@dataclass(frozen=True)
-class _Schedule:
-    """λ = λ̂ · clip((t − start)/(end − start), 0, 1) for one layer."""
-
-    lambda_: float
-    start: int
-    end: int
-
-    def weight(self, step: int) -> float:
-        if self.lambda_ == 0:
-            return 0.0
-        if self.end <= self.start:
-            return self.lambda_ if step >= self.start else 0.0
-        return self.lambda_ * min(max((step - self.start) / (self.end - self.start), 0.0), 1.0)
-
-
-def _schedules(config: RunConfig) -> list[_Schedule]:
-    """One schedule per layer: TrainConfig values where given, else the unit's published one."""
+def _schedules(config: RunConfig) -> list[RegularizerSchedule]:
+    """One schedule per layer: the unit's published one (any kind) unless TrainConfig sets
+    ``regularizer_*``, which then give a linear schedule (unset fields from the unit's)."""
     from nalu_core._registry import UNITS
 
     train = config.train
+    override = (train.regularizer_lambda, train.regularizer_start, train.regularizer_end)
     out = []
     for layer in config.model.layers:
         spec = UNITS.get(layer.unit)
         published = spec.regularizer if spec is not None else None
+        if published is not None and all(v is None for v in override):
+            out.append(published)
+            continue
         lam = train.regularizer_lambda
         if lam is None:
             lam = published.lambda_ if published is not None else 0.0
@@ -213,8 +229,22 @@ def _schedules(config: RunConfig) -> list[_Schedule]:
         end = train.regularizer_end
         if end is None:
             end = published.end if published is not None and published.end >= start else start
-        out.append(_Schedule(float(lam), int(start), int(end)))
+        out.append(RegularizerSchedule(lambda_=float(lam), start=int(start), end=int(end)))
     return out
+
+
+@contextlib.contextmanager
+def _eval_mode(module: object) -> Iterator[None]:
+    """``module.eval()`` for the duration (e.g. the NMRU's exact reciprocal at evaluation)."""
+    train = getattr(module, "train", None)
+    was = bool(getattr(module, "training", True))
+    if train is not None:
+        train(False)
+    try:
+        yield
+    finally:
+        if train is not None:
+            train(was)
 
 
 def _replica_view(mask: Tensor, like: Tensor) -> Tensor:
@@ -232,23 +262,32 @@ class PopulationTrainer:
     def __init__(self, config: RunConfig, *, task: Task | None = None) -> None:
         self.config = config
         self.train_config: TrainConfig = config.train
-        self.task = task if task is not None else build_task(config.task)
+        task = task if task is not None else build_task(config.task)
         self.device = resolve_device(self.train_config.device)
         self.dtype = resolve_dtype(self.train_config.dtype)
         self.population = P = self.train_config.seeds
         seeds = [self.train_config.seed + p for p in range(P)]
         self.seeds = seeds
+        # e.g. the static task's per-seed subset offsets (stable-nalu draws them per seed)
+        self.task = task.for_replicas(seeds)
         self.init_generators = [self._generator(s) for s in seeds]
         self.data_generators = [self._generator(s + _DATA_SEED_OFFSET) for s in seeds]
+        # G groups of P/G replicas; group g draws from its first replica's stream
+        self.groups = self.train_config.data_streams or P
+        self.group_size = P // self.groups
+        leaders = seeds[:: self.group_size]
         # counter-based streams (tasks with ``counter_sampling``): the state is the step
         self.data_seeds = torch.tensor(
-            [s + _DATA_SEED_OFFSET for s in seeds], dtype=torch.int64, device=self.device
+            [s + _DATA_SEED_OFFSET for s in leaders], dtype=torch.int64, device=self.device
         )
+        # CUDA: no host syncs in the step (masks are applied unconditionally instead)
+        self._sync_free = self.device.type != "cpu"
         self._batch_buffer: Tensor | None = None
         self.network: PopulationModule = self.task.build_model(
             config.model, population=P, device=self.device, dtype=self.dtype
         )
         self.network.reset_parameters(self.init_generators)
+        self._grouped_input = bool(getattr(self.network, "accepts_groups", False))
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = self._build_optimizer()
         self.schedules = _schedules(config)
@@ -275,6 +314,8 @@ class PopulationTrainer:
         self.diverged_at = minus_one.clone()
         self.stalled = torch.zeros(P, dtype=torch.long, device=self.device)
         self.stall_reference = inf.clone()
+        # the interpolation MSE of the last evaluation (a gated regulariser reads it)
+        self.last_interpolation = inf.clone()
         self.best_params = {n: p.detach().clone() for n, p in self.network.named_parameters()}
 
     # --- set-up -------------------------------------------------------------------------
@@ -324,6 +365,8 @@ class PopulationTrainer:
             self.train_seconds += time.perf_counter() - start
             if report is not None:
                 yield _with_seconds(report, self.train_seconds)
+                if cfg.stop_when_solved and bool(self._frozen().all()):
+                    return  # every replica solved (or diverged): nothing left to train
 
     def request_stop(self) -> None:
         """Ends a ``run()`` in progress (on another thread) after its current step."""
@@ -333,31 +376,43 @@ class PopulationTrainer:
         weights = [s.weight(self.step) for s in self.schedules]
         if not any(weights):
             return None
+        gated = any(s.max_interpolation_mse is not None for s in self.schedules)
         layers = getattr(self.network, "layers", None)
-        if layers is not None and len(layers) == len(weights) and len(set(weights)) > 1:
-            terms = [w * layer.regularization() for w, layer in zip(weights, layers, strict=True)]
+        if layers is not None and len(layers) == len(weights) and (len(set(weights)) > 1 or gated):
+            terms = []
+            for w, s, layer in zip(weights, self.schedules, layers, strict=True):
+                if w == 0:
+                    continue
+                term = w * layer.regularization()  # (P,)
+                if s.max_interpolation_mse is not None:
+                    # Schlör's iNALU term: only replicas whose fit is already close
+                    term = term * (self.last_interpolation < s.max_interpolation_mse)
+                terms.append(term)
             return torch.stack(terms).sum(0)  # (P,)
         return weights[-1] * self.network.regularization()  # (P,)
 
     def _train_step(self) -> None:
         frozen = self._frozen()
-        x, t = self._sample()
+        x, t = self._sample()  # (G, B, ...), (G, B, out)
+        P = self.population
+        if not self._grouped_input:
+            x = ungroup(x, P)
         y = self.network(x)  # (P, B, out)
-        loss = self.task.loss(y, t)  # (P,)
+        loss = self.task.loss(y, ungroup(t, P))  # (P,)
         reg = self._regularization()
         if reg is not None:
             loss = loss + reg
         bad = ~torch.isfinite(loss)
-        # a replica that is already frozen or blows up now contributes nothing to the sum
+        # a replica that is already frozen or blows up now contributes nothing to the sum;
+        # on CPU the check saves the masking work, on CUDA it would cost a host sync
         skip = frozen | bad
-        any_skip = bool(skip.any())
-        objective = torch.where(skip, 0.0, loss).sum() if any_skip else loss.sum()
+        masked = self._sync_free or bool(skip.any())
+        objective = torch.where(skip, 0.0, loss).sum() if masked else loss.sum()
         self.optimizer.zero_grad()
         objective.backward()  # type: ignore[no-untyped-call]
         bad = bad | self._nonfinite_grads()
         skip = frozen | bad
-        any_skip = bool(skip.any())
-        if any_skip:
+        if self._sync_free or bool(skip.any()):
             self._mask_grads(skip)
         self._clip_grads()
         before = [p.detach().clone() for p in self.params]
@@ -366,21 +421,25 @@ class PopulationTrainer:
             self.network.clamp_()
             bad = bad | self._nonfinite_params()
             skip = frozen | bad
-            if bool(skip.any()):
+            if self._sync_free or bool(skip.any()):
                 for p, old in zip(self.params, before, strict=True):
                     # the pre-step values are finite unless someone edited them in between
                     old = torch.nan_to_num(old, nan=0.0, posinf=0.0, neginf=0.0)
                     p.copy_(torch.where(_replica_view(skip, p), old, p))
         new = bad & ~frozen
-        if bool(new.any()):
+        if self._sync_free:
+            self.diverged_at = torch.where(new, self.step, self.diverged_at)
+            self._reset_optimizer_state(new)
+        elif bool(new.any()):
             self.diverged_at[new] = self.step
             self._reset_optimizer_state(new)
 
     def _sample(self) -> tuple[Tensor, Tensor]:
-        """This step's batch: ``x (P, B, ...)``, ``t (P, B, out)``."""
+        """This step's batch, one per group: ``x (G, B, ...)``, ``t (G, B, out)``."""
         batch = self.train_config.batch_size
         if not self.task.counter_sampling:
-            return self.task.sample(self.data_generators, batch, dtype=self.dtype)
+            generators = self.data_generators[:: self.group_size]
+            return self.task.sample(generators, batch, dtype=self.dtype)
         x, t = self.task.sample_at(
             self.data_seeds, self.step, batch, dtype=self.dtype, out=self._batch_buffer
         )
@@ -431,8 +490,18 @@ class PopulationTrainer:
     # --- evaluation ---------------------------------------------------------------------
 
     def _evaluate_mse(self) -> dict[str, Tensor]:
+        with _eval_mode(self.network):
+            return self._evaluate_splits()
+
+    def _evaluate_splits(self) -> dict[str, Tensor]:
         return {
-            split: population_mse(self.network, x, t, population=self.population)
+            split: population_mse(
+                self.network,
+                x,
+                t,
+                population=self.population,
+                per_replica_targets=self.task.per_replica_targets,
+            )
             for split, (x, t) in self.eval_sets.items()
         }
 
@@ -442,6 +511,7 @@ class PopulationTrainer:
         inf = torch.full_like(mse["interpolation"], math.inf)
         interp = torch.where(diverged, inf, mse["interpolation"])  # (P,)
         extrap = torch.where(diverged, inf, mse["extrapolation"])  # (P,)
+        self.last_interpolation = interp
         improved = interp < self.best_interpolation
         self.best_interpolation = torch.where(improved, interp, self.best_interpolation)
         self.best_extrapolation = torch.where(improved, extrap, self.best_extrapolation)
@@ -468,6 +538,7 @@ class PopulationTrainer:
             success_ci=wilson_interval(n_success, self.population),
             train_seconds=self.train_seconds,
             threshold=self.threshold,
+            **self._clustered(success.tolist()),
             normalized_interpolation_error=self._normalized(interp, "interpolation"),
             normalized_extrapolation_error=self._normalized(extrap, "extrapolation"),
             split_mse={
@@ -476,6 +547,10 @@ class PopulationTrainer:
         )
         self.history.append({"step": float(self.step), **report.metrics()})
         return report
+
+    def _clustered(self, success: list[bool]) -> dict[str, Any]:
+        interval, rho, _ = clustered_wilson_interval(success, self.groups)
+        return {"success_ci_adjusted": interval, "intra_group_correlation": rho}
 
     def _normalized(self, mse: Tensor, split: str) -> list[float]:
         baseline = self.baseline.get(split, math.nan)
@@ -558,11 +633,14 @@ class PopulationTrainer:
             threshold=self.threshold,
             success_rate=n_success / self.population,
             success_ci=wilson_interval(n_success, self.population),
+            **self._clustered(success.tolist()),
             seeds=seeds,
             history=list(self.history),
             division_probe=probe,
             steps=self.step,
             train_seconds=self.train_seconds,
+            threshold_rule=self.task.threshold_rule_name(),
+            threshold_epsilon=getattr(self.task, "epsilon", None),
             task_metrics=task_metrics,
             _best_state=self._best_replica_state(),
         )
@@ -594,10 +672,23 @@ class PopulationTrainer:
         if not bins:
             return None
         keep = ~self.diverged
+        with _eval_mode(self.network):
+            return self._probe_bins(bins, keep)
+
+    def _probe_bins(self, bins: list[ProbeBin], keep: Tensor) -> dict[str, Any]:
         out = []
         for b in bins:
-            mse = population_mse(self.network, b.x, b.t, population=self.population)
-            rel = population_mse(self.network, b.x, b.t, population=self.population, relative=True)
+            mse, rel = (
+                population_mse(
+                    self.network,
+                    b.x,
+                    b.t,
+                    population=self.population,
+                    relative=relative,
+                    shifts=b.shifts,
+                )
+                for relative in (False, True)
+            )
             mse_kept = mse[keep].tolist()
             rel_kept = rel[keep].tolist()
             out.append(
@@ -624,6 +715,7 @@ class PopulationTrainer:
         "diverged_at",
         "stalled",
         "stall_reference",
+        "last_interpolation",
     )
 
     def state_dict(self) -> dict[str, Any]:
@@ -658,11 +750,23 @@ class PopulationTrainer:
         for g, s in zip(self.data_generators, state["data_generators"], strict=True):
             g.set_state(s)
         for key in self._TRACKING:
-            setattr(self, key, state["tracking"][key].clone().to(self.device))
+            if key in state["tracking"]:  # older states lack last_interpolation
+                setattr(self, key, state["tracking"][key].clone().to(self.device))
         self.step = int(state["step"])
         self.train_seconds = float(state["train_seconds"])
         self.baseline = dict(state["baseline"])
         self.history = [dict(h) for h in state["history"]]
+
+
+def _interval_metrics(
+    plain: tuple[float, float], adjusted: tuple[float, float]
+) -> dict[str, float]:
+    return {
+        "success_lower": plain[0],
+        "success_upper": plain[1],
+        "success_lower_adjusted": adjusted[0],
+        "success_upper_adjusted": adjusted[1],
+    }
 
 
 def _finite_mean(values: Tensor) -> float:

@@ -2,8 +2,11 @@
 
 A unit built with ``population=P`` holds P independent replicas of its parameters: every
 parameter has a leading replica dim and the forward pass maps ``(P, B, in) -> (P, B, out)``
-with batched matmuls, never a Python loop over replicas. Replicas share no parameters, so one
-optimiser over the stacked tensors trains P independent models (Adam is elementwise).
+with batched matmuls, never a Python loop over replicas. The input may also be ``(G, B, in)``
+with G dividing P, one batch per group of P/G replicas (see :func:`ungroup`): layer-1 matmuls
+then run as one GEMM per group and a log of the input is taken once per group. Replicas
+share no parameters, so one optimiser over the stacked tensors trains P independent models
+(Adam is elementwise).
 
 References: Trask et al. 2018 (NAC, NALU), Madsen & Johansen 2020 (NAU, NMU, R_sparse),
 Schlör et al. 2020 (iNALU), Heim et al. 2020 (NPU, RealNPU), Mistry et al. 2021 (NMRU).
@@ -145,8 +148,32 @@ class _NarrowMatmul(torch.autograd.Function):
         return dx, dw
 
 
+def ungroup(x: Tensor, population: int) -> Tensor:
+    """``x (G, B, ...)`` shared by groups of P/G replicas -> ``(P, B, ...)`` (a copy).
+
+    The population's input may come in G groups (``TrainConfig.data_streams``, or G = 1 for an
+    evaluation set): replicas ``g·P/G .. (g+1)·P/G − 1`` read ``x[g]``. Units whose first op is
+    per replica anyway (a gate on x, NPU's relevance gate) expand it with this.
+    """
+    groups = x.shape[0]
+    if groups == population:
+        return x
+    if population % groups:
+        raise ValueError(f"{groups=} groups do not divide {population=}")
+    size = population // groups
+    return x.unsqueeze(1).expand(groups, size, *x.shape[1:]).reshape(population, *x.shape[1:])
+
+
 def _matmul(x: Tensor, weight: Tensor) -> Tensor:
-    # (P, B, in) @ (P, in, out) -> (P, B, out)
+    # (P, B, in) @ (P, in, out) -> (P, B, out); x may be (G, B, in), G | P (see ungroup)
+    P = weight.shape[0]
+    if x.shape[0] != P:
+        if x.dim() == 3 and x.shape[-1] > _BROADCAST_MAX_IN:
+            # one GEMM per group: its replicas' weights stacked, (G, P/G·out, in) @ (G, in, B)
+            G, out = x.shape[0], weight.shape[1]
+            stacked = weight.reshape(G, (P // G) * out, weight.shape[2])
+            return torch.bmm(stacked, x.transpose(1, 2)).view(P, out, -1).transpose(1, 2)
+        x = ungroup(x, P)
     if x.dim() == 3 and x.shape[-1] <= _BROADCAST_MAX_IN:
         y: Tensor = _NarrowMatmul.apply(x, weight)  # type: ignore[no-untyped-call]
         return y
@@ -174,20 +201,28 @@ def _sparsity_error(*weights: Tensor) -> Tensor:
 
 def _product(x: Tensor, weight: Tensor) -> Tensor:
     """NMU product z_j = prod_i (W_ji x_i + 1 - W_ji) for x (P, B, in), W (P, out, in)."""
+    P, G = weight.shape[0], x.shape[0]
+    if G != P:
+        # x (G, B, in) shared by groups of P/G replicas: broadcast, never copied per replica
+        B, (out, n_in) = x.shape[1], weight.shape[1:]
+        w5 = weight.view(G, P // G, 1, out, n_in)  # (G, P/G, 1, out, in)
+        grouped = torch.addcmul(1 - w5, w5, x.view(G, 1, B, 1, n_in))  # (G, P/G, B, out, in)
+        return grouped.prod(dim=-1).view(P, B, out)
     w = weight.unsqueeze(1)  # (P, 1, out, in)
     # (1 - W) + W x, in this order, is exact at W = 1 and W = 0 even for tiny x
     terms = torch.addcmul(1 - w, w, x.unsqueeze(2))  # (P, B, out, in)
     return terms.prod(dim=-1)  # (P, B, out)
 
 
-def _weight_options(default: str) -> dict[str, OptionSpec]:
+def _weight_options(default: str, *, extra: tuple[str, ...] = ()) -> dict[str, OptionSpec]:
+    schlor = " (schlor: Ŵ ~ N(0.88, 0.2), M̂ ~ N(0.5, 0.2), Schlör's iNALU)" if extra else ""
     return {
         "weight_init": OptionSpec(
             type=str,
             default=default,
-            choices=("madsen", "xavier_uniform", "normal"),
+            choices=(*extra, "madsen", "xavier_uniform", "normal"),
             doc="Ŵ/M̂ init: Madsen's variance-matched uniform, Glorot uniform, or "
-            "N(weight_mean, weight_std)",
+            "N(weight_mean, weight_std)" + schlor,
         ),
         "weight_mean": OptionSpec(type=float, default=0.0, doc="mean of Ŵ/M̂ (normal only)"),
         "weight_std": OptionSpec(type=float, default=0.1, low=0.0, doc="std of Ŵ/M̂ (normal only)"),
@@ -514,7 +549,12 @@ class NMU(PopulationModule):
 class INALU(PopulationModule):
     """Improved NALU: separate add/mul weights, an independent gate per output, sign recovery.
 
-    m = exp(min(W_m · log(max(|x|, ε)), ω)) ⊙ ∏_i (sgn(x_i)|W_m,i| + 1 − |W_m,i|).
+    m = exp(min(W_m · log(max(|x|, ε)), ω)) ⊙ ∏_i (sgn(x_i)|W_m,i| + 1 − |W_m,i|);
+    out = g ⊙ (W_a x) + (1 − g) ⊙ m. The published unit (Schlör et al. 2020, as
+    nalm-benchmark's ``layer/inalu.py`` runs it): an input-independent gate g = σ(ĝ) per
+    output, ĝ ~ N(0, 0.2); Ŵ ~ N(0.88, 0.2), M̂ ~ N(0.5, 0.2); Schlör's regulariser
+    Σ_θ mean(max(20 − |θ|, 0)) over Ŵ_a, M̂_a, Ŵ_m, M̂_m, ĝ. ``gate="input"`` (σ(G x), Glorot
+    G), other ``weight_init`` schemes and ``regularizer="r_sparse"`` remain as options.
     """
 
     def __init__(
@@ -527,7 +567,9 @@ class INALU(PopulationModule):
         dtype: torch.dtype | str | None = None,
         epsilon: float = 1e-7,
         max_exponent: float = 20.0,
-        weight_init: WeightInit = "xavier_uniform",
+        gate: GateMode = "constant",
+        regularizer: str = "schlor",
+        weight_init: str = "schlor",
         weight_mean: float = 0.0,
         weight_std: float = 0.1,
     ) -> None:
@@ -535,20 +577,36 @@ class INALU(PopulationModule):
             in_features, out_features, population=population, device=device, dtype=dtype
         )
         self.epsilon, self.max_exponent = epsilon, max_exponent
+        self.gate, self.regularizer = gate, regularizer
         self.weight_init, self.weight_mean, self.weight_std = weight_init, weight_mean, weight_std
         self.W_hat_add = self._parameter(out_features, in_features)  # (P, out, in)
         self.M_hat_add = self._parameter(out_features, in_features)  # (P, out, in)
         self.W_hat_mul = self._parameter(out_features, in_features)  # (P, out, in)
         self.M_hat_mul = self._parameter(out_features, in_features)  # (P, out, in)
-        self.G = self._parameter(out_features, in_features)  # (P, out, in)
+        if gate == "input":
+            self.G = self._parameter(out_features, in_features)  # (P, out, in)
+        else:
+            self.g_hat = self._parameter(out_features)  # (P, out)
         self.reset_parameters()
 
     def reset_parameters(self, generators: Generators = None) -> None:
-        pair = (generators, self.weight_init, self.weight_mean, self.weight_std)
-        _init_nac_pair_(self.W_hat_add, self.M_hat_add, *pair)
-        _init_nac_pair_(self.W_hat_mul, self.M_hat_mul, *pair)
-        bound = _xavier_bound(self.in_features, self.out_features)
-        _fill_(self.G, generators, "uniform", -bound, bound)
+        if self.weight_init == "schlor":
+            for param, mean in (
+                (self.W_hat_add, 0.88),
+                (self.M_hat_add, 0.5),
+                (self.W_hat_mul, 0.88),
+                (self.M_hat_mul, 0.5),
+            ):
+                _fill_(param, generators, "normal", mean, 0.2)
+        else:
+            pair = (generators, self.weight_init, self.weight_mean, self.weight_std)
+            _init_nac_pair_(self.W_hat_add, self.M_hat_add, *pair)
+            _init_nac_pair_(self.W_hat_mul, self.M_hat_mul, *pair)
+        if self.gate == "input":
+            bound = _xavier_bound(self.in_features, self.out_features)
+            _fill_(self.G, generators, "uniform", -bound, bound)
+        else:
+            _fill_(self.g_hat, generators, "normal", 0.0, 0.2)
 
     def weights(self) -> tuple[Tensor, Tensor]:
         w_add = torch.tanh(self.W_hat_add) * torch.sigmoid(self.M_hat_add)
@@ -562,13 +620,23 @@ class INALU(PopulationModule):
         m = torch.exp(_matmul(log_x, w_mul).clamp_max(self.max_exponent))  # (P, B, out)
         # sign recovery: an input with |W| = 1 contributes its sign, |W| = 0 contributes +1
         w_abs = w_mul.abs().unsqueeze(1)  # (P, 1, out, in)
-        sign = (torch.sign(x).unsqueeze(2) * w_abs + 1 - w_abs).prod(dim=-1)  # (P, B, out)
-        g = torch.sigmoid(_matmul(x, self.G))
+        sign_x = ungroup(torch.sign(x), self.population)  # (P, B, in)
+        sign = (sign_x.unsqueeze(2) * w_abs + 1 - w_abs).prod(dim=-1)  # (P, B, out)
+        if self.gate == "input":
+            g = torch.sigmoid(_matmul(x, self.G))  # (P, B, out)
+        else:
+            g = torch.sigmoid(self.g_hat).unsqueeze(1)  # (P, 1, out)
         return g * a + (1 - g) * m * sign
 
     def regularization(self) -> Tensor:
-        w_add, w_mul = self.weights()
-        return (_r_sparse(w_add) + _r_sparse(w_mul)) / 2
+        if self.regularizer == "r_sparse":
+            w_add, w_mul = self.weights()
+            return (_r_sparse(w_add) + _r_sparse(w_mul)) / 2
+        params = [self.W_hat_add, self.M_hat_add, self.W_hat_mul, self.M_hat_mul]
+        params.append(self.G if self.gate == "input" else self.g_hat)
+        # Schlör: pushes every raw parameter out to |θ| >= 20, where tanh/σ saturate
+        terms = [(20 - p.abs()).clamp_min(0).flatten(1).mean(1) for p in params]
+        return torch.stack(terms).sum(0)  # (P,)
 
     def sparsity_error(self) -> Tensor:
         return _sparsity_error(*self.weights())
@@ -584,6 +652,10 @@ class NPU(PopulationModule):
 
     r = g ⊙ (|x| + ε) + 1 − g, k = π g ⊙ [x < 0];
     z = exp(W_re log r − W_im k) ⊙ cos(W_im log r + W_re k). ``real=True`` drops W_im (RealNPU).
+    The forward pass reads g clamped to [0, 1]; ``clamp_gate`` also projects the stored g
+    after each step (the reference does not, ``npu_clip: none``). ``regularizer="l1"``:
+    Σ|θ| over the unit's parameters (nalm-benchmark's ``--regualizer-l1``), scaled by the
+    RealNPU's β schedule.
     """
 
     def __init__(
@@ -597,11 +669,14 @@ class NPU(PopulationModule):
         real: bool = False,
         epsilon: float = 1e-7,
         gate_init: float = 0.5,
+        clamp_gate: bool = False,
+        regularizer: str = "none",
     ) -> None:
         super().__init__(
             in_features, out_features, population=population, device=device, dtype=dtype
         )
         self.real, self.epsilon, self.gate_init = real, epsilon, gate_init
+        self.clamp_gate, self.regularizer = clamp_gate, regularizer
         self.W_re = self._parameter(out_features, in_features)  # (P, out, in)
         self.W_im = None if real else self._parameter(out_features, in_features)
         self.g = self._parameter(in_features)  # (P, in)
@@ -618,6 +693,7 @@ class NPU(PopulationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.g.clamp(0.0, 1.0).unsqueeze(1)  # (P, 1, in)
+        x = ungroup(x, self.population)  # the gate is per replica: log r cannot be shared
         r = g * (x.abs() + self.epsilon) + 1 - g  # (P, B, in)
         k = g * (x < 0).to(x.dtype) * math.pi  # (P, B, in)
         log_r = torch.log(r)
@@ -626,9 +702,15 @@ class NPU(PopulationModule):
         magnitude = torch.exp(_matmul(log_r, self.W_re) - _matmul(k, self.W_im))
         return magnitude * torch.cos(_matmul(log_r, self.W_im) + _matmul(k, self.W_re))
 
+    def regularization(self) -> Tensor:
+        if self.regularizer != "l1":
+            return super().regularization()
+        return sum(p.abs().flatten(1).sum(1) for p in self.parameters())  # type: ignore[return-value]
+
     @torch.no_grad()
     def clamp_(self) -> None:
-        self.g.clamp_(0.0, 1.0)
+        if self.clamp_gate:
+            self.g.clamp_(0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,7 +721,12 @@ class NPU(PopulationModule):
 class NMRU(PopulationModule):
     """Neural multiplication reciprocal unit: an NMU over [x, 1/x] (2·in inputs).
 
-    The reciprocal takes |x| >= ε (sign kept, 0 counted as positive) so it stays finite at 0.
+    ``reciprocal="reference"`` (the published unit, nalm-division's
+    ``layer/concat_reciprocal_nmu*.py``): 1/(x + ε) in training, the exact 1/x in evaluation
+    (``module.eval()``); ``"floored"``: sign(x)/max(|x|, ε) always (finite at 0).
+    ``sign_retrieval`` (Mistry's division runs, ``SignNMRU``): the NMU works on |[x, 1/x]|
+    and the output is multiplied by cos(π k · W) with k = [x, 1/x] < 0, so that negative
+    inputs with weight 1 flip the sign.
     """
 
     def __init__(
@@ -652,21 +739,32 @@ class NMRU(PopulationModule):
         dtype: torch.dtype | str | None = None,
         epsilon: float = _F32_EPS,
         clamp: bool = True,
+        reciprocal: str = "reference",
+        sign_retrieval: bool = False,
     ) -> None:
         super().__init__(
             in_features, out_features, population=population, device=device, dtype=dtype
         )
         self.epsilon, self.clamp = epsilon, clamp
+        self.reciprocal, self.sign_retrieval = reciprocal, sign_retrieval
         self.W = self._parameter(out_features, 2 * in_features)  # (P, out, 2·in)
         self.reset_parameters()
 
     def reset_parameters(self, generators: Generators = None) -> None:
         _fill_(self.W, generators, "uniform", 0.25, 0.75)
 
+    def _reciprocal(self, x: Tensor) -> Tensor:
+        if self.reciprocal == "floored":
+            sign = torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+            return sign / x.abs().clamp_min(self.epsilon)
+        return 1 / (x + self.epsilon) if self.training else 1 / x
+
     def forward(self, x: Tensor) -> Tensor:
-        sign = torch.where(x < 0, -1.0, 1.0).to(x.dtype)
-        reciprocal = sign / x.abs().clamp_min(self.epsilon)
-        return _product(torch.cat((x, reciprocal), dim=-1), self.W)  # (P, B, out)
+        z = torch.cat((x, self._reciprocal(x)), dim=-1)  # (P, B, 2·in)
+        if not self.sign_retrieval:
+            return _product(z, self.W)  # (P, B, out)
+        k = (z < 0).to(z.dtype) * math.pi  # (P, B, 2·in)
+        return _product(z.abs(), self.W) * torch.cos(_matmul(k, self.W))  # (P, B, out)
 
     def regularization(self) -> Tensor:
         return _r_sparse(self.W)
@@ -844,25 +942,71 @@ register_unit(
         "max_exponent": OptionSpec(
             type=float, default=20.0, low=0.0, low_open=True, doc="exponent cap ω"
         ),
-        **_weight_options("xavier_uniform"),
+        "gate": OptionSpec(
+            type=str,
+            default="constant",
+            choices=("constant", "input"),
+            doc="σ(ĝ) per output, ĝ ~ N(0, 0.2) (Schlör), or σ(G x) with Glorot G",
+        ),
+        "regularizer": OptionSpec(
+            type=str,
+            default="schlor",
+            choices=("schlor", "r_sparse"),
+            doc="Schlör's Σ mean(max(20 − |θ|, 0)) over the raw parameters, or R_sparse",
+        ),
+        **_weight_options("schlor", extra=("schlor",)),
     },
+    # nalm-benchmark: 0.05 · R after step 10k, once the interpolation error is below 1
+    regularizer=RegularizerSchedule(
+        lambda_=0.05, start=10_001, end=10_001, max_interpolation_mse=1.0
+    ),
     doc="iNALU (Schlör 2020): separate weights, independent gates, sign recovery",
 )
 _GATE_INIT = OptionSpec(
     type=float, default=0.5, low=0.0, high=1.0, doc="initial relevance gate value"
 )
+_CLAMP_GATE = OptionSpec(
+    type=bool, default=False, doc="clamp the stored g to [0, 1] after each step (reference: no)"
+)
+# Mistry's division baselines (sltr-in2.sh): RealNPU β 1e-9, ×10 every 10k steps, up to 1e-7;
+# NMRU --regualizer 10 over 20k -> 35k
+REALNPU_BETA = RegularizerSchedule(
+    lambda_=1e-7, kind="geometric", initial=1e-9, growth=10.0, every=10_000
+)
+NMRU_SCHEDULE = RegularizerSchedule(lambda_=10.0, start=20_000, end=35_000)
+
+
+def _npu_options(epsilon: OptionSpec, regularizer: str) -> dict[str, OptionSpec]:
+    other = "none" if regularizer == "l1" else "l1"
+    return {
+        "epsilon": epsilon,
+        "gate_init": _GATE_INIT,
+        "clamp_gate": _CLAMP_GATE,
+        "regularizer": OptionSpec(
+            type=str,
+            default=regularizer,
+            choices=(regularizer, other),
+            doc="L1 Σ|θ| over the parameters, scaled by the unit's schedule (RealNPU: β), or none",
+        ),
+    }
+
+
 register_unit(
     "npu",
     NPU,
     fixed={"real": False},
-    options={"epsilon": _EPSILON, "gate_init": _GATE_INIT},
+    options=_npu_options(_EPSILON, "none"),
     doc="NPU (Heim 2020): complex-weight power unit with a relevance gate",
 )
 register_unit(
     "realnpu",
     NPU,
     fixed={"real": True},
-    options={"epsilon": _EPSILON, "gate_init": _GATE_INIT},
+    options=_npu_options(
+        OptionSpec(type=float, default=_F32_EPS, low=0.0, doc="ε in log(|x| + ε) (float32's)"),
+        "l1",
+    ),
+    regularizer=REALNPU_BETA,
     doc="RealNPU (Heim 2020): the NPU with real weights only",
 )
 register_unit(
@@ -874,10 +1018,20 @@ register_unit(
             default=_F32_EPS,
             low=0.0,
             low_open=True,
-            doc="|x| floor of the reciprocal",
+            doc="ε of the training reciprocal 1/(x + ε) (or the |x| floor when floored)",
         ),
         "clamp": _CLAMP,
+        "reciprocal": OptionSpec(
+            type=str,
+            default="reference",
+            choices=("reference", "floored"),
+            doc="1/(x + ε) in training and exact 1/x in evaluation, or sign(x)/max(|x|, ε)",
+        ),
+        "sign_retrieval": OptionSpec(
+            type=bool, default=False, doc="Mistry's sign-retrieving NMRU (division runs)"
+        ),
     },
+    regularizer=NMRU_SCHEDULE,
     doc="NMRU (Mistry 2021): an NMU over the inputs and their reciprocals",
 )
 _BIAS = OptionSpec(type=bool, default=True, doc="learn a bias b")

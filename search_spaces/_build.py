@@ -6,11 +6,24 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nalu_core import ConfigError, LayerConfig, ModelConfig, RunConfig, TaskConfig, TrainConfig
+from nalu_core import (
+    ConfigError,
+    LayerConfig,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+    published_row,
+)
 from search_spaces import _core
 from search_spaces._errors import SearchSpaceError
 from search_spaces._params import FixedParameter, FloatParameter, Parameter
-from search_spaces._targets import TRAIN_FIELDS, Target, parse_target_cached
+from search_spaces._targets import (
+    STUDY_TRAIN_FIELDS,
+    TRAIN_FIELDS,
+    Target,
+    parse_target_cached,
+)
 
 _LAYER_OPTION = re.compile(r"layers\[(\d+)\]\.options\.(\w+)")
 _LAYER = re.compile(r"layers\[(\d+)\]")
@@ -112,7 +125,30 @@ class _Builder:
         indices = [t.layer for _, t, _ in self.values("layer_unit", "layer_option")]
         return max((i for i in indices if i is not None), default=0) + 1
 
-    def model(self) -> ModelConfig:
+    def row(self, task: TaskConfig) -> RunConfig | None:
+        """The published row's configuration for ``task.op``, when the point names one."""
+        key = self.one("published_row")
+        if key is None:
+            return None
+        structural = self.values("unit", "output_unit", "layer_unit", "depth", "hidden_size")
+        if structural:
+            raise self.error(
+                "the published row fixes the model; drop this parameter", structural[0][0]
+            )
+        return published_row(str(key)).run_config(task.op)
+
+    def model(self, row: RunConfig | None = None) -> ModelConfig:
+        if row is not None:
+            # the row's stack, with the space's unit options on the layers that declare them
+            stack = list(row.model.layers)
+            for _, target, value in self.values("option", "layer_option"):
+                for i, layer in enumerate(stack):
+                    if target.kind == "layer_option" and i != target.layer:
+                        continue
+                    if target.key in _core.unit_options(layer.unit):
+                        merged = {**layer.options, str(target.key): value}
+                        stack[i] = LayerConfig(unit=layer.unit, options=merged)
+            return ModelConfig(layers=tuple(stack), hidden_size=row.model.hidden_size)
         depth = self.depth()
         for name, target, _ in self.values("layer_unit", "layer_option"):
             if target.layer is not None and target.layer >= depth:
@@ -141,7 +177,7 @@ class _Builder:
             return ModelConfig(layers=layers)
         return ModelConfig(layers=layers, hidden_size=hidden)
 
-    def train(self, study: Mapping[str, Any]) -> TrainConfig:
+    def train(self, study: Mapping[str, Any], row: RunConfig | None = None) -> TrainConfig:
         values = {str(t.key): v for _, t, v in self.values("train")}
         for key in study:
             if key in values:
@@ -149,9 +185,14 @@ class _Builder:
                     f"train.{key} is set both by the study and by this space",
                     self.by_target[f"train.{key}"],
                 )
-        return TrainConfig.from_dict({**values, **study})
+        # the row's published flags (lr, clipping, λ̂ and its schedule); the study owns
+        # seeds, steps and evaluation, the space may override the rest
+        base = {}
+        if row is not None:
+            base = {k: v for k, v in row.train.to_dict().items() if k not in STUDY_TRAIN_FIELDS}
+        return TrainConfig.from_dict({**base, **values, **study})
 
-    def task(self, task: TaskConfig) -> TaskConfig:
+    def task(self, task: TaskConfig, row: RunConfig | None = None) -> TaskConfig:
         options = {str(t.key): v for _, t, v in self.values("task_option")}
         for key in task.options:
             if key in options:
@@ -159,7 +200,9 @@ class _Builder:
                     f"task option {key!r} is set both by the study and by this space",
                     self.by_target[f"task.options.{key}"],
                 )
-        return TaskConfig(name=task.name, op=task.op, options={**task.options, **options})
+        # the row's task (Madsen's 100 inputs, ranges); the study's options win over it
+        base = dict(row.task.options) if row is not None else {}
+        return TaskConfig(name=task.name, op=task.op, options={**base, **task.options, **options})
 
     def param_for(self, section: str, field: str | None) -> str | None:
         """The active parameter a nalu_core ``ConfigError.field`` points at, if any."""
@@ -194,12 +237,13 @@ class _Builder:
     def run_config(self, *, task: TaskConfig, train: Mapping[str, Any]) -> RunConfig:
         section = "model"
         try:
-            model = self.model()
+            row = self.row(task)
+            model = self.model(row)
             _core.validate_model(model)
             section = "train"
-            train_config = self.train(train)
+            train_config = self.train(train, row)
             section = "task"
-            task_config = self.task(task)
+            task_config = self.task(task, row)
             _core.validate_task(task_config)
             section = "model"
             _core.check_buildable(task_config, model)

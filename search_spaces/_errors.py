@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+MAX_MESSAGE = 400
+
 
 class SearchSpaceError(ValueError):
     """A search space is invalid, or a point does not fit it.
@@ -11,7 +13,11 @@ class SearchSpaceError(ValueError):
     """
 
     def __init__(self, message: str, *, file: str | None = None, param: str | None = None) -> None:
-        self.message = message
+        # a value repr'd into the message may be huge (a long list of choices): one line stays
+        # readable, and an error never costs more than the file it reports on
+        self.message = (
+            message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+        )
         self.file = file
         self.param = param
         super().__init__(self._render())

@@ -57,7 +57,9 @@ class SearchSpace:
         try:
             data = load_yaml(text)
         except Exception as err:  # yaml.YAMLError and friends: report, don't trace
-            raise SearchSpaceError(f"is not valid YAML: {err}", file=file) from err
+            # one line, naming the file (PyYAML calls it "<unicode string>")
+            detail = " ".join(str(err).replace('in "<unicode string>",', "").split())
+            raise SearchSpaceError(f"is not valid YAML: {detail}", file=file) from err
         return cls.from_mapping(data, file=file, default_name=default_name)
 
     @classmethod

@@ -25,17 +25,20 @@ TargetKind = Literal[
     "layer_option",  # option ``key`` of layer ``layer``
     "train",  # TrainConfig field ``key``
     "task_option",  # TaskConfig option ``key``
+    "published_row",  # a row of nalu_core's published table: its whole configuration
 ]
 
 # the study spec owns these: every trial of a study trains the same seeds for the same steps
 STUDY_TRAIN_FIELDS = frozenset(
-    {"seeds", "seed", "steps", "eval_every", "eval_samples", "device", "dtype"}
+    {"seeds", "seed", "steps", "eval_every", "eval_samples", "device", "dtype", "data_streams"}
 )
 TRAIN_FIELDS = tuple(
     f.name for f in dataclasses.fields(TrainConfig) if f.name not in STUDY_TRAIN_FIELDS
 )
 # the static task's named interpolation -> extrapolation range pair (Madsen, Mistry)
 RANGE_OPTION = "range_preset"
+# a key of nalu_core.PUBLISHED_ROWS: the trial runs that row's published configuration
+PUBLISHED_ROW = "published_row"
 
 _LAYER_UNIT = re.compile(r"^model\.layers\[(\d+)\]\.unit$")
 _LAYER_OPTION = re.compile(r"^model\.layers\[(\d+)\]\.options\.([A-Za-z_]\w*)$")
@@ -73,6 +76,8 @@ class Target:
                 return f"train.{self.key}"
             case "task_option":
                 return f"task.options.{self.key}"
+            case "published_row":
+                return PUBLISHED_ROW
             case _:
                 return f"model.{self.kind}"
 
@@ -87,6 +92,8 @@ def default_target(name: str) -> str:
         return f"train.{name}"  # the study-owned ones are refused with a clear message
     if name == RANGE_OPTION:
         return f"task.options.{RANGE_OPTION}"
+    if name == PUBLISHED_ROW:
+        return PUBLISHED_ROW
     return f"model.options.{name}"
 
 
@@ -94,6 +101,8 @@ def parse_target(text: str) -> Target:
     """Parse a target string; ``ValueError`` says what is wrong with it."""
     if text in _FIXED:
         return Target(kind=_FIXED[text])  # type: ignore[arg-type]
+    if text == PUBLISHED_ROW:
+        return Target(kind="published_row")
     if match := _LAYER_UNIT.match(text):
         return Target(kind="layer_unit", layer=_layer(match[1]))
     if match := _LAYER_OPTION.match(text):
@@ -114,7 +123,7 @@ def parse_target(text: str) -> Target:
     raise ValueError(
         f"unknown target {text!r}; targets are model.unit, model.output_unit, "
         "model.layers[i].unit, model.depth, model.hidden_size, model.options.OPTION, "
-        "model.layers[i].options.OPTION, train.FIELD or task.options.OPTION"
+        "model.layers[i].options.OPTION, train.FIELD, task.options.OPTION or published_row"
     )
 
 

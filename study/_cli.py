@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from study import _cli_export, _cli_spaces, _cli_study, _cli_train
+from study import _cli_export, _cli_spaces, _cli_study, _cli_train, _cli_units
 
 app = typer.Typer(
     name="nalu-study",
@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_cli_train, _cli_spaces, _cli_study, _cli_export):
+for _module in (_cli_train, _cli_units, _cli_spaces, _cli_study, _cli_export):
     _module.register(app)
 
 

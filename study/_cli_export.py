@@ -35,18 +35,18 @@ def export(
     The tracking URI comes from --tracking-uri, else NALU_STUDY_TRACKING_URI, else the one the
     study was launched with (study.json), else the embedded SQLite default."""
     from nalu_core import ConfigError
+    from study._cli_output import check_output, fail, fail_with
     from study._errors import StudyError
-    from study._export import ExportFormat, default_out, write_export
-    from study._settings import resolve_settings
+    from study._export import ExportFormat, default_out, study_context, write_export
+    from study._settings import redact, resolve_settings
+    from study._studies import sqlite_path
 
     # MLflow draws a progress bar per downloaded config.yaml; the output is the list of files.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if fmt not in FORMATS:
-        typer.echo(f"error: --format must be one of {list(FORMATS)}, got {fmt!r}", err=True)
-        raise typer.Exit(2)
+        raise fail_with([("format", f"must be one of {list(FORMATS)}, got {fmt!r}")])
     if all_trials and fmt != "parquet":
-        typer.echo("error: --all writes Parquet: pass --format parquet", err=True)
-        raise typer.Exit(2)
+        raise fail_with([("format", "--all writes Parquet: pass --format parquet")])
     try:
         settings = resolve_settings(
             name,
@@ -58,13 +58,33 @@ def export(
         )
         chosen = cast(ExportFormat, fmt)
         target = out or default_out(settings.study_dir(name), fmt=chosen, all_trials=all_trials)
+        # an export only reads the store: a missing SQLite file means no such study (opening
+        # it would create an empty store)
+        store = sqlite_path(settings.tracking_uri)
+        if store is not None and not store.is_file():
+            raise StudyError(
+                f"no study {name!r}: no tracking store at {redact(settings.tracking_uri)}",
+                field="name",
+            )
+        check_output(target, field="out")  # before the (slow) reads
+        stores, space = (
+            study_context(name, workdir=workdir, tracking_uri=settings.tracking_uri)
+            if all_trials
+            else ({}, None)
+        )
         written = write_export(
-            settings.tracking_uri, name, fmt=chosen, out=target, all_trials=all_trials
+            settings.tracking_uri,
+            name,
+            fmt=chosen,
+            out=target,
+            all_trials=all_trials,
+            space=space,
+            storage=stores.get("storage"),
         )
     except (StudyError, ConfigError) as err:
-        where = f" ({err.field})" if getattr(err, "field", None) else ""
-        typer.echo(f"error{where}: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(err) from None
+    except OSError as err:  # the disk filled up, or the folder went away meanwhile
+        raise fail_with([("out", str(err))]) from None
     for path in written:
         typer.echo(str(path))
 
@@ -75,11 +95,11 @@ def _recorded_settings(name: str, workdir: Path | None) -> dict[str, str | None]
     from study._settings import resolve_settings
     from study._studies import read_record
 
-    where = resolve_settings(name, cli={"workdir": str(workdir) if workdir else None})
     try:
+        where = resolve_settings(name, cli={"workdir": str(workdir) if workdir else None})
         recorded = read_record(where.study_dir(name)).get("settings", {})
     except StudyError:
-        return {}
+        return {}  # a bad name is reported by the caller's own resolve_settings
     uri = recorded.get("tracking_uri") if isinstance(recorded, dict) else None
     return {"tracking_uri": uri} if isinstance(uri, str) else {}
 

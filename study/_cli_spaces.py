@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import typer
 
 from search_spaces import (
@@ -12,6 +15,7 @@ from search_spaces import (
     preset_text,
 )
 from search_spaces._yaml import load_yaml
+from study._cli_output import fail
 
 spaces = typer.Typer(
     name="spaces",
@@ -23,22 +27,35 @@ _EXIT_INVALID = 2
 
 
 def _fail(err: SearchSpaceError) -> typer.Exit:
-    errors = err.errors if isinstance(err, InvalidSearchSpaceError) else [err]
-    for error in errors:
-        typer.echo(f"error: {error}", err=True)
-    return typer.Exit(code=_EXIT_INVALID)
+    # every problem, one line each: error: <file>: parameters.<name>: <message>
+    assert isinstance(err, InvalidSearchSpaceError | SearchSpaceError)
+    return fail(err, _EXIT_INVALID)
 
 
 @spaces.command("list")
-def list_spaces() -> None:
+def list_spaces(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (JSON)."),
+) -> None:
     """The shipped search spaces, with their tasks and a one-line description."""
+    rows: list[dict[str, Any]] = []
     for name in list_presets():
         # read, not validated: listing should be instant (spaces show NAME validates)
         data = load_yaml(preset_text(name))
         description = " ".join(str(data.get("description", "")).split())
-        tasks = ",".join(data.get("tasks") or ["any"])
+        tasks = list(data.get("tasks") or [])
         count = len(data.get("parameters") or {})
-        typer.echo(f"{name:<20} {tasks:<26} {count:>3} params  {description[:70]}")
+        rows.append(
+            {"name": name, "tasks": tasks, "parameters": count, "description": description}
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        shown = ",".join(row["tasks"] or ["any"])
+        typer.echo(
+            f"{row['name']:<20} {shown:<26} {row['parameters']:>3} params  "
+            f"{row['description'][:70]}"
+        )
 
 
 @spaces.command("show")

@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from study._cli_output import EXIT_FAILED, EXIT_INVALID, fail
 from study._errors import SettingsError, SpecError, StudyError
-from study._settings import Settings, resolve_settings
-from study._spec import StudySpec, load_spec
+from study._settings import ANY_STUDY, Settings, redact, resolve_settings
+from study._spec import StudySpec, check_schedulable, load_spec, local_capacity
 from study._studies import (
     SPEC,
     TaskSummary,
+    check_stores,
     format_ci,
     format_number,
     list_studies,
@@ -30,17 +32,27 @@ from study._studies import (
     study_status,
 )
 
+# the query that opens MLflow 3.x's classic runs view (see browse_lines)
+MLFLOW_CLASSIC_VIEW = "workflowType=machine_learning"
 # a pipe or a CI log is not 80 columns wide: keep the summary table's rows on one line each
 _console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def _fail(err: Exception, code: int) -> typer.Exit:
-    field = getattr(err, "field", None)
-    where = f" [{field}]" if field else ""
-    Console(stderr=True).print(
-        f"[red]error{escape(where)}:[/red] {escape(str(err))}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(code)
+def _fail(err: Exception, code: int, *, as_json: bool = False) -> typer.Exit:
+    return fail(err, code, as_json=as_json)
+
+
+# Help texts shared by the commands
+_HELP = {
+    "address": "Ray cluster: auto | HOST:PORT | ray://HOST:PORT [env NALU_STUDY_RAY_ADDRESS; "
+    "default: a local Ray instance].",
+    "tracking_uri": "MLflow tracking URI: http://HOST:5000, sqlite:////abs/mlflow.db, "
+    "postgresql://… [env NALU_STUDY_TRACKING_URI; default: a SQLite file in the study folder].",
+    "storage": "Optuna storage URL: postgresql://USER@HOST/DB or sqlite:////abs/optuna.db "
+    "[env NALU_STUDY_STORAGE; default: a SQLite file in the study folder].",
+    "workdir": "Folder holding the studies [env NALU_STUDY_WORKDIR; default: ./studies].",
+    "json": "Machine-readable output (JSON), errors included.",
+}
 
 
 def _settings(
@@ -123,32 +135,103 @@ def _run(
     resume: bool,
     num_samples: int | None,
 ) -> None:
-    from study._launch import launch
-
     try:
+        # the checks launch() makes first, before its (slow) imports of Ray and Tune
+        check_stores(settings)
+        if settings.ray_address is None:
+            check_schedulable(spec, [local_capacity()])
+        from study._launch import launch
+
         result = launch(
             spec,
             settings,
             resume=resume,
             num_samples=num_samples,
-            echo=lambda line: _console.print(line, highlight=False, soft_wrap=True),
+            echo=lambda line: _console.print(redact(line), highlight=False, soft_wrap=True),
         )
     except (SpecError, SettingsError) as err:
-        raise _fail(err, 2) from err
+        raise _fail(err, EXIT_INVALID) from None
     except StudyError as err:
-        raise _fail(err, 1) from err
+        raise _fail(err, EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted: the running trials are marked FAIL; continue with "
+            f"`nalu-study resume {spec.name}`",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     _console.print(summary_table(result.tasks, title=f"study {spec.name}: best per task × op"))
     stats = result.stats
     if stats.get("trials"):
         _console.print(overhead_line(stats), highlight=False, soft_wrap=True)
     _console.print(
-        f"results: {result.study_dir}\n"
-        f"  status: nalu-study status {spec.name} --workdir {settings.workdir}\n"
-        f"  browse: mlflow ui --backend-store-uri {settings.tracking_uri}\n"
-        f"  optuna: optuna-dashboard {settings.storage}",
+        redact(
+            "\n".join(
+                browse_lines(
+                    spec.name,
+                    settings,
+                    study_dir=result.study_dir,
+                    experiment_id=result.experiment_id,
+                )
+            ),
+        ),
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _set_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=YAML`` pairs as ``load_spec`` overrides; a malformed one is a SpecError."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set takes KEY=YAML, got {pair!r}", field="set")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise SpecError(f"--set {key.strip()}: not valid YAML: {err}", field="set") from err
+    return out
+
+
+def _check_name(name: str | None) -> None:
+    if name is not None:
+        from study._settings import check_study_name
+
+        check_study_name(name)
+
+
+def browse_lines(
+    name: str, settings: Settings, *, study_dir: Path, experiment_id: str | None = None
+) -> list[str]:
+    """Commands that work here to look at the study: ours always, the ecosystem's UIs when
+    they are installed (optuna-dashboard comes with the ``ui`` extra).
+
+    MLflow 3.17's UI opens experiments in its GenAI view unless the URL says
+    ``workflowType=machine_learning`` (its global GenAI / Model training switch, kept in the
+    browser, wins over the experiment's ``mlflow.experimentKind`` tag), so the page to open
+    is printed with it."""
+    import shutil
+
+    workdir = settings.workdir
+    lines = [
+        f"results: {study_dir}",
+        f"  status:    nalu-study status {name} --workdir {workdir}",
+        f"  dashboard: nalu-study dashboard --workdir {workdir}   (every study of the workdir)",
+        f"  export:    nalu-study export {name} --workdir {workdir}",
+    ]
+    page = "/#/experiments" + (f"/{experiment_id}/runs" if experiment_id else "")
+    page += f"?{MLFLOW_CLASSIC_VIEW}"
+    if settings.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"  mlflow:    open {settings.tracking_uri.rstrip('/')}{page}")
+    else:
+        lines.append(f"  mlflow:    mlflow ui --backend-store-uri {settings.tracking_uri}")
+        lines.append(f"             then open http://127.0.0.1:5000{page}")
+    if shutil.which("optuna-dashboard"):
+        lines.append(f"  optuna:    optuna-dashboard {settings.storage}")
+    else:
+        lines.append("  optuna:    pip install -e '.[ui]' for optuna-dashboard")
+    return lines
 
 
 def register(app: typer.Typer) -> None:
@@ -161,16 +244,36 @@ def register(app: typer.Typer) -> None:
         num_samples: int | None = typer.Option(
             None, "--num-samples", min=1, help="Finished trials per task × op."
         ),
-        address: str | None = typer.Option(None, "--address", help="auto | HOST:PORT | ray://…"),
-        tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
-        storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL."),
-        workdir: Path | None = typer.Option(None, "--workdir"),
+        address: str | None = typer.Option(None, "--address", help=_HELP["address"]),
+        tracking_uri: str | None = typer.Option(
+            None, "--tracking-uri", help=_HELP["tracking_uri"]
+        ),
+        storage: str | None = typer.Option(None, "--storage", help=_HELP["storage"]),
+        workdir: Path | None = typer.Option(None, "--workdir", help=_HELP["workdir"]),
+        seeds: int | None = typer.Option(
+            None, "--seeds", min=1, help="Seeds per trial (training.seeds)."
+        ),
+        steps: int | None = typer.Option(
+            None, "--steps", min=1, help="Steps per trial (training.steps)."
+        ),
+        set_: list[str] = typer.Option(  # noqa: B008
+            [],
+            "--set",
+            help="KEY=YAML: override a spec key (dotted), e.g. "
+            "'budget.time_limit=30m' or 'tasks=[{name: static, ops: [mul]}]'. Repeatable.",
+        ),
     ) -> None:
         """Launch a study: Ray Tune trials, Optuna sampling and pruning, MLflow tracking."""
         try:
+            _check_name(name)
             overrides: dict[str, Any] = {} if name is None else {"name": name}
+            overrides |= _set_overrides(set_)
             if num_samples is not None:
                 overrides["budget.num_samples"] = num_samples
+            if seeds is not None:
+                overrides["training.seeds"] = seeds
+            if steps is not None:
+                overrides["training.steps"] = steps
             parsed = load_spec(spec, overrides=overrides)
             settings = _settings(
                 parsed.name,
@@ -181,7 +284,7 @@ def register(app: typer.Typer) -> None:
                 workdir=workdir,
             )
         except (SpecError, SettingsError) as err:
-            raise _fail(err, 2) from err
+            raise _fail(err, EXIT_INVALID) from None
         _run(parsed, settings, resume=False, num_samples=None)
 
     @app.command("resume")
@@ -190,10 +293,12 @@ def register(app: typer.Typer) -> None:
         num_samples: int | None = typer.Option(
             None, "--num-samples", min=1, help="Raise or lower the per-task budget."
         ),
-        address: str | None = typer.Option(None, "--address"),
-        tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
-        storage: str | None = typer.Option(None, "--storage"),
-        workdir: Path | None = typer.Option(None, "--workdir"),
+        address: str | None = typer.Option(None, "--address", help=_HELP["address"]),
+        tracking_uri: str | None = typer.Option(
+            None, "--tracking-uri", help=_HELP["tracking_uri"]
+        ),
+        storage: str | None = typer.Option(None, "--storage", help=_HELP["storage"]),
+        workdir: Path | None = typer.Option(None, "--workdir", help=_HELP["workdir"]),
     ) -> None:
         """Continue an interrupted study (even after kill -9): same budget, no duplicates."""
         try:
@@ -213,24 +318,23 @@ def register(app: typer.Typer) -> None:
                 storage=storage,
                 workdir=workdir,
             )
-        except (SpecError, SettingsError) as err:
-            raise _fail(err, 2) from err
-        except StudyError as err:
-            raise _fail(err, 1) from err
+        except (SpecError, SettingsError, StudyError) as err:
+            # a missing or corrupt record is bad input as well: the name or the file is wrong
+            raise _fail(err, EXIT_INVALID) from None
         _run(parsed, settings, resume=True, num_samples=num_samples)
 
     @app.command("list")
     def list_cmd(
-        workdir: Path | None = typer.Option(None, "--workdir"),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        workdir: Path | None = typer.Option(None, "--workdir", help=_HELP["workdir"]),
+        as_json: bool = typer.Option(False, "--json", help=_HELP["json"]),
     ) -> None:
         """The studies in the workdir, newest first, with their status."""
         try:
             settings = _settings(
-                "_", file={}, address=None, tracking_uri=None, storage=None, workdir=workdir
+                ANY_STUDY, file={}, address=None, tracking_uri=None, storage=None, workdir=workdir
             )
         except SettingsError as err:
-            raise _fail(err, 2) from err
+            raise _fail(err, EXIT_INVALID, as_json=as_json) from None
         rows = list_studies(settings.workdir)
         if as_json:
             typer.echo(json.dumps(rows, indent=2))
@@ -244,7 +348,7 @@ def register(app: typer.Typer) -> None:
         for row in rows:
             table.add_row(
                 str(row["name"]),
-                str(row["status"]),
+                str(row["status"]) + (f" ({row['error']})" if row.get("error") else ""),
                 str(row["tasks"]),
                 str(row["launches"]),
                 f"{row['elapsed_s']:.0f}s",
@@ -254,21 +358,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command("status")
     def status_cmd(
-        name: str = typer.Argument(...),
-        workdir: Path | None = typer.Option(None, "--workdir"),
-        storage: str | None = typer.Option(None, "--storage"),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        name: str = typer.Argument(..., help="The study to report on."),
+        workdir: Path | None = typer.Option(None, "--workdir", help=_HELP["workdir"]),
+        storage: str | None = typer.Option(
+            None, "--storage", help=_HELP["storage"].replace("default: a SQLite", "default: the")
+        ),
+        as_json: bool = typer.Option(False, "--json", help=_HELP["json"]),
     ) -> None:
-        """Trial counts by state, the best so far, elapsed and remaining budget."""
+        """Trial counts by state, the best so far, elapsed and remaining budget (reads only)."""
         try:
             settings = _settings(
                 name, file={}, address=None, tracking_uri=None, storage=storage, workdir=workdir
             )
             status = study_status(settings.study_dir(name), storage_url=storage)
-        except SettingsError as err:
-            raise _fail(err, 2) from err
-        except StudyError as err:
-            raise _fail(err, 1) from err
+        except (SettingsError, StudyError) as err:
+            raise _fail(err, EXIT_INVALID, as_json=as_json) from None
         if as_json:
             typer.echo(json.dumps(status.to_dict(), indent=2, default=str))
             return

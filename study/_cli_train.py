@@ -16,7 +16,19 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nalu_core import ConfigError, ModelConfig, RunConfig, TaskConfig, TrainConfig
+from nalu_core import (
+    UNITS,
+    ConfigError,
+    LayerConfig,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+    get_unit,
+)
+from search_spaces._yaml import load_yaml
+from study._cli_output import check_output, fail, fail_with
+from study._errors import StudyError
 
 # where a ConfigError's field comes from on the command line
 _FIELD_FLAGS: dict[str, str] = {
@@ -43,7 +55,18 @@ _TRAIN_FLAGS = {
     "clip_value",
     "eval_every",
     "device",
+    "data_streams",
 }
+
+
+_UNIT_HELP = (
+    "One unit for every layer (with --depth), or a comma-separated per-layer stack such as "
+    "nau,nmu (depth = number of units). Units: "
+    + ", ".join(sorted(name for name, spec in UNITS.items() if spec.kind == "layer"))
+    + "; recurrent cells for the sequence tasks: "
+    + ", ".join(sorted(name for name, spec in UNITS.items() if spec.kind == "recurrent"))
+    + ". See `nalu-study units`."
+)
 
 
 def _flag_for(field: str | None) -> str:
@@ -62,9 +85,13 @@ def _flag_for(field: str | None) -> str:
     return "--config"
 
 
-def _usage_error(err: ConfigError) -> typer.BadParameter:
-    # typer vendors click: only its own exception types become exit code 2 with a message
-    return typer.BadParameter(str(err), param_hint=_flag_for(err.field))
+def _usage_error(err: ConfigError) -> typer.Exit:
+    """``error: --flag: message`` and exit code 2 (the one error format)."""
+    return _bad(_flag_for(err.field), str(err))
+
+
+def _bad(flag: str, message: str) -> typer.Exit:
+    return fail_with([(flag, message)])
 
 
 def _parse_value(text: str) -> Any:
@@ -86,7 +113,7 @@ def _parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint=flag)
+            raise _bad(flag, f"expected key=value, got {pair!r}")
         out[key.strip()] = _parse_value(value)
     return out
 
@@ -95,13 +122,16 @@ def _load_config(path: Path | None) -> RunConfig:
     if path is None:
         return RunConfig(task=TaskConfig(name="static", op="add"))
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise typer.BadParameter(f"cannot read {path}: {err}", param_hint="--config") from err
+        data = load_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        detail = " ".join(str(err).replace('in "<unicode string>",', "").split())
+        raise _bad("--config", f"{path}: cannot read it: {detail}") from None
+    if not isinstance(data, dict | None):
+        raise _bad("--config", f"{path}: must hold a mapping (a RunConfig)")
     try:
         return RunConfig.from_dict(data or {})
     except ConfigError as err:
-        raise typer.BadParameter(f"{path}: {err}", param_hint="--config") from err
+        raise _bad("--config", f"{path}: {err}") from None
 
 
 def build_run_config(base: RunConfig, **flags: Any) -> RunConfig:
@@ -119,23 +149,87 @@ def build_run_config(base: RunConfig, **flags: Any) -> RunConfig:
     options |= task_options
     task = TaskConfig(name=name, op=flags["op"] or base.task.op, options=options)
 
-    model = base.model
-    if flags["unit"] is not None or flags["depth"] is not None or unit_options:
-        first = model.layers[0]
-        unit = flags["unit"] or first.unit
-        layer_options = dict(first.options) if unit == first.unit else {}
-        model = ModelConfig.stacked(
-            unit,
-            depth=flags["depth"] if flags["depth"] is not None else model.depth,
-            hidden_size=model.hidden_size,
-            options=layer_options | unit_options,
-        )
+    model = _build_model(base.model, flags["unit"], flags["depth"], unit_options)
     if flags["hidden_size"] is not None:
         model = ModelConfig(layers=model.layers, hidden_size=flags["hidden_size"])
 
     train_changes = {k: flags[k] for k in _TRAIN_FLAGS if flags.get(k) is not None}
     train: TrainConfig = dataclasses.replace(base.train, **train_changes)
     return RunConfig(task=task, model=model, train=train)
+
+
+def _parse_units(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise ConfigError(
+            f"expected one unit name or a comma-separated stack such as nau,nmu, got {text!r}",
+            field="model.layers[0].unit",
+        )
+    for i, name in enumerate(names):
+        get_unit(name, field=f"model.layers[{i}].unit")
+    return names
+
+
+def _build_model(
+    model: ModelConfig, unit: str | None, depth: int | None, unit_options: dict[str, Any]
+) -> ModelConfig:
+    """``--unit a`` keeps today's meaning (``depth`` layers of one unit); ``--unit a,b`` is a
+    per-layer stack whose depth is the number of names. ``--option key=value`` goes to every
+    layer whose unit declares ``key`` (an error when none does)."""
+    if unit is None and depth is None and not unit_options:
+        return model
+    names = _parse_units(unit) if unit is not None else None
+    if names is not None and len(names) > 1:
+        if depth is not None and depth != len(names):
+            raise ConfigError(
+                f"--depth {depth} disagrees with the {len(names)} units of --unit {unit}; "
+                "the stack's depth is the number of units",
+                field="depth",
+            )
+        layers = [
+            LayerConfig(unit=name, options=_kept_options(model, i, name))
+            for i, name in enumerate(names)
+        ]
+    elif (
+        names is not None
+        or (depth is not None and depth != model.depth)
+        or len({layer.unit for layer in model.layers}) == 1
+    ):
+        single = names[0] if names is not None else model.layers[0].unit
+        stacked = ModelConfig.stacked(
+            single,
+            depth=depth if depth is not None else model.depth,
+            hidden_size=model.hidden_size,
+            options=_kept_options(model, 0, single),
+        )
+        layers = list(stacked.layers)
+    else:
+        # only --option on a mixed stack from --config: keep its units
+        layers = list(model.layers)
+    if unit_options:
+        layers = _apply_options(layers, unit_options)
+    return ModelConfig(layers=tuple(layers), hidden_size=model.hidden_size)
+
+
+def _kept_options(model: ModelConfig, i: int, unit: str) -> dict[str, Any]:
+    # a layer keeps the config file's options only when its unit is unchanged
+    if i < model.depth and model.layers[i].unit == unit:
+        return dict(model.layers[i].options)
+    return {}
+
+
+def _apply_options(layers: list[LayerConfig], options: dict[str, Any]) -> list[LayerConfig]:
+    out = [dict(layer.options) for layer in layers]
+    for key, value in options.items():
+        takers = [i for i, layer in enumerate(layers) if key in get_unit(layer.unit).options]
+        if not takers:
+            # let the registry name the field and list the first layer's allowed options
+            takers = [0]
+        for i in takers:
+            out[i][key] = value
+    return [
+        LayerConfig(unit=layer.unit, options=opts) for layer, opts in zip(layers, out, strict=True)
+    ]
 
 
 def _validate(config: RunConfig) -> None:
@@ -145,6 +239,28 @@ def _validate(config: RunConfig) -> None:
     build_task(config.task)
     validate_model_config(config.model)
     resolve_device(config.train.device)
+
+
+def _check_size(config: RunConfig) -> None:
+    """Sizes whose tensors this machine could never hold stop here, before any allocation."""
+    import psutil
+
+    from study._errors import SpecError
+    from study._spec import check_trial_size
+
+    size = config.task.options.get("input_size", 2)
+    width = max(size if isinstance(size, int) else 2, config.model.hidden_size or 0)
+    try:
+        check_trial_size(
+            seeds=config.train.seeds,
+            batch=max(config.train.batch_size, config.train.eval_samples),
+            width=width,
+            dtype=config.train.dtype,
+            where="--input-size" if width == size else "--hidden-size",
+            limit=int(psutil.virtual_memory().total),
+        )
+    except SpecError as err:
+        raise fail(err) from None
 
 
 def _json_safe(value: Any) -> Any:
@@ -175,6 +291,13 @@ def _summary(console: Console, result: Any) -> None:
         "success rate (Wilson 95% CI)",
         f"{successes}/{n} = {m['success_rate']:.0%} [{lo:.0%}, {hi:.0%}]",
     )
+    if result.config.train.data_streams not in (None, n):
+        lo_adj, hi_adj = result.success_ci_adjusted
+        table.add_row(
+            f"  adjusted for {result.config.train.data_streams} shared streams",
+            f"[{lo_adj:.0%}, {hi_adj:.0%}], intra-group correlation "
+            f"{_fmt(result.intra_group_correlation)}",
+        )
     table.add_row("threshold (extrapolation MSE)", _fmt(result.threshold))
     table.add_row("median extrapolation MSE", _fmt(m["extrapolation_mse_median"]))
     table.add_row("median interpolation MSE", _fmt(m["interpolation_mse_median"]))
@@ -197,10 +320,27 @@ def _summary(console: Console, result: Any) -> None:
         console.print(probe)
 
 
+def describe(config: Any, *, defaults: bool = False) -> str:
+    """One line: what is about to be trained (unit, task, seeds x steps, lr, device)."""
+    layers = config.model.layers
+    units = (
+        layers[0].unit
+        if len({layer.unit for layer in layers}) == 1
+        else "/".join(layer.unit for layer in layers)
+    )
+    options = ", ".join(f"{k}={v}" for k, v in config.task.options.items())
+    train = config.train
+    line = (
+        f"training {units} (depth {config.model.depth}, hidden {config.model.hidden_size}) on "
+        f"{config.task.name} {config.task.op}{f' ({options})' if options else ''}: "
+        f"{train.seeds} seeds x {train.steps:,} steps, lr {train.lr:g}, {train.optimizer}, "
+        f"device {train.device}"
+    )
+    return line + ("  [defaults; see --help to choose]" if defaults else "")
+
+
 def train(
-    unit: Annotated[
-        str | None, typer.Option(help="Unit of every layer (nau, nmu, nalu, mlp, ...).")
-    ] = None,
+    unit: Annotated[str | None, typer.Option(help=_UNIT_HELP)] = None,
     task: Annotated[
         str | None, typer.Option(help="Registered task name (default static).")
     ] = None,
@@ -236,6 +376,13 @@ def train(
     ] = None,
     clip_value: Annotated[float | None, typer.Option(help="Clipping bound.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations.")] = None,
+    data_streams: Annotated[
+        int | None,
+        typer.Option(
+            help="G groups of seeds/G replicas sharing one batch per step (default: one "
+            "stream per seed); the result adds a design-effect-adjusted interval."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
     config: Annotated[Path | None, typer.Option(help="RunConfig YAML; flags override it.")] = None,
     json_path: Annotated[
@@ -263,6 +410,11 @@ def train(
 
     # replicas are batched already; more intra-op threads mostly spin and wait
     torch.set_num_threads(threads)
+    if json_path is not None:
+        try:
+            check_output(json_path, field="--json")  # before training, not after
+        except StudyError as err:
+            raise fail(err) from None
     base = _load_config(config)
     try:
         run_config = build_run_config(
@@ -285,17 +437,23 @@ def train(
             clip=clip,
             clip_value=clip_value,
             eval_every=eval_every,
+            data_streams=data_streams,
             device=device,
             unit_options=_parse_pairs(option or [], "--option"),
             task_options=_parse_pairs(task_option or [], "--task-option"),
             mnist_dir=str(mnist_dir) if mnist_dir is not None else None,
         )
         _validate(run_config)
+        _check_size(run_config)
         trainer = PopulationTrainer(run_config)
     except ConfigError as err:
         raise _usage_error(err) from err
 
     console = Console(stderr=True)
+    if not quiet:
+        chosen = (config, unit, task, op, seeds, steps)
+        defaults = all(v is None for v in chosen)
+        console.print(describe(run_config, defaults=defaults), highlight=False, soft_wrap=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -15,3 +15,11 @@ class SettingsError(StudyError, ValueError):
 
 class SpecError(StudyError, ValueError):
     """A study spec is malformed; ``field`` names the offending key."""
+
+
+class InvalidSpecError(SpecError):
+    """Every problem found in one spec; ``errors`` holds them one by one."""
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors), field=errors[0].field)
+        self.errors = list(errors)

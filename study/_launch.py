@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import logging
 import math
 import os
 import platform
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,12 +38,20 @@ from optuna.trial import TrialState
 from nalu_core import EvalReport, PopulationTrainer, RunConfig, TaskConfig
 from study._errors import StudyError
 from study._pruning import METRIC, OptunaPruningScheduler, TaskGridSearcher, TaskSearch
-from study._settings import Settings
-from study._spec import ObjectiveSpec, StudySpec, load_space, task_key
+from study._settings import Settings, redact
+from study._spec import (
+    ObjectiveSpec,
+    StudySpec,
+    check_schedulable,
+    load_space,
+    local_capacity,
+    task_key,
+)
 from study._studies import (
     COUNTED,
     SPEC,
     TaskSummary,
+    check_stores,
     driver_alive,
     open_storage,
     optuna_study_name,
@@ -48,8 +59,11 @@ from study._studies import (
     summarize,
     write_record,
 )
+from study._sweep import RangeSweep
 
 CHECKPOINT_FILE = "trainer.pt"
+# a finished trial's record: its config, final metrics, per-seed results and seed 0's history
+CELL_FILE = "cell.json"
 # effectively unlimited when only a time limit bounds the study
 _UNLIMITED = 10**9
 
@@ -103,11 +117,18 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         self.barrier = config.get("barrier")
         if config["optuna_number"] not in config.get("fail_trials", [config["optuna_number"]]):
             self.fail_at_step = None
-        self.trainer = PopulationTrainer(self.run_config)
+        ranges = config.get("ranges")
+        # a sweep trains the configuration on several range pairs at once (study/_sweep.py)
+        self.trainer: Any = (
+            RangeSweep(self.run_config, ranges) if ranges else PopulationTrainer(self.run_config)
+        )
+        # seed 0's evaluations, kept through checkpoints: the cell record a replay test checks
+        self.seed_history: list[dict[str, float]] = []
         state = _load_state(self.checkpoint_path)
         if state is not None:
-            self.trainer.load_state_dict(state)
+            self._restore(state)
         self.restored_step = self.trainer.step
+        self.restored_train_seconds = self.trainer.train_seconds
         self.reports = self.trainer.run()
         self.ahead: Future[EvalReport | None] | None = None
         self.evaluations = 0
@@ -131,11 +152,12 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         if report is None:
             return self._finish()
         self.evaluations += 1
+        self.seed_history.append(_seed_row(report))
         metrics = report.metrics()
         if self.tracker is not None:
             self.tracker.log_eval(report.step, metrics)
         if self.evaluations % self.checkpoint_every == 0:
-            _save_state(self.checkpoint_path, self.trainer.state_dict())
+            _save_state(self.checkpoint_path, self._state())
         self._await_barrier()
         self._maybe_fail(report.step)
         self.last = self._result(metrics, step=report.step, train_seconds=report.train_seconds)
@@ -170,14 +192,20 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
             "train_seconds": train_seconds,
             "wall_seconds": time.perf_counter() - self.started,
             "restored_step": self.restored_step,
+            "total_steps": self.run_config.train.steps,
+            # training done before the restore (by an earlier process): not in wall_seconds
+            "restored_train_seconds": self.restored_train_seconds,
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             "finished": False,
+            # the Optuna trial's link to its MLflow run (known once the run has opened)
+            "mlflow_run_id": None if self.tracker is None else self.tracker.run_id,
         }
 
     def _finish(self) -> dict[str, Any]:
         result = self.trainer.result()
-        _save_state(self.checkpoint_path, self.trainer.state_dict())
+        _save_state(self.checkpoint_path, self._state())
+        _write_cell(self.checkpoint_path.with_name(CELL_FILE), result, self.seed_history)
         tracking = time.perf_counter()
         if self.tracker is not None:
             self.tracker.log_result(result)
@@ -220,7 +248,7 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Tune's own checkpoints (pause, retries on another node): the same state file."""
         self._halt_ahead()  # Tune asks for one when it stops a trial: don't wait for the eval
-        state = self.trainer.state_dict()
+        state = self._state()
         _save_state(Path(checkpoint_dir) / CHECKPOINT_FILE, state)
         _save_state(self.checkpoint_path, state)
 
@@ -231,10 +259,18 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         if state is not None:
             self._halt_ahead()
             self.ahead = None
-            self.trainer.load_state_dict(state)
+            self._restore(state)
             self.restored_step = self.trainer.step
+            self.restored_train_seconds = self.trainer.train_seconds
             self.reports = self.trainer.run()
             self._relog_history()
+
+    def _state(self) -> dict[str, Any]:
+        return {**self.trainer.state_dict(), "seed_history": list(self.seed_history)}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state)
+        self.seed_history = [dict(row) for row in state.get("seed_history", [])]
 
     def _relog_history(self) -> None:
         """Logs the evaluations of a restored trainer again.
@@ -262,6 +298,35 @@ class NaluTrainable(_import_tune().Trainable):  # type: ignore[misc]
         return True
 
 
+def _seed_row(report: EvalReport) -> dict[str, float]:
+    """Seed 0 (the first replica) at one evaluation: what a replay must reproduce."""
+    return {
+        "step": float(report.step),
+        "interpolation_mse": float(report.interpolation_mse[0]),
+        "extrapolation_mse": float(report.extrapolation_mse[0]),
+    }
+
+
+def _write_cell(path: Path, result: Any, seed_history: list[dict[str, float]]) -> None:
+    """``cell.json`` next to the checkpoint (small: committed as a study's result record)."""
+
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    record = {
+        "schema": "nalu-study/cell/1",
+        "configuration": result.config.to_dict(),
+        "steps": int(result.steps),
+        "train_seconds": float(result.train_seconds),
+        "metrics": {k: finite(float(v)) for k, v in result.metrics().items()},
+        "seeds": [s.to_dict() for s in result.seeds],
+        "seed0_history": [{k: finite(v) for k, v in row.items()} for row in seed_history],
+    }
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
 @functools.cache
 def _trainer_thread() -> ThreadPoolExecutor:
     """The actor's one thread that trains ahead (see ``NaluTrainable._step``)."""
@@ -281,6 +346,9 @@ def _open_tracker(config: Mapping[str, Any], run_config: RunConfig, trial_id: st
         "nalu.op": run_config.task.op,
         "nalu.unit": run_config.model.layers[0].unit,
         _tracking.OPTUNA_TRIAL_TAG: str(config["optuna_number"]),
+        _tracking.OPTUNA_STUDY_TAG: optuna_study_name(
+            tracking["study"], task_key(run_config.task)
+        ),
         _tracking.RAY_TRIAL_TAG: trial_id,
         _tracking.NODE_TAG: platform.node(),
     }
@@ -378,6 +446,15 @@ def _fail_running(storage: optuna.storages.BaseStorage, study: str, keys: list[s
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
+def _trial_count(storage: optuna.storages.BaseStorage, study: str, key: str) -> int:
+    """Trials the task's Optuna study holds already (0 for a new one)."""
+    try:
+        study_id = storage.get_study_id_from_name(optuna_study_name(study, key))
+    except KeyError:
+        return 0
+    return int(storage.get_n_trials(study_id))
+
+
 def quotas(
     storage: optuna.storages.BaseStorage, spec: StudySpec, *, num_samples: int | None
 ) -> dict[str, int]:
@@ -397,6 +474,7 @@ class LaunchResult:
     wall_seconds: float
     trials_run: int
     stats: dict[str, float] = field(default_factory=dict)
+    experiment_id: str | None = None  # the study's MLflow experiment, when it was tracked
 
 
 class _Progress(_import_tune().Callback):  # type: ignore[misc]
@@ -409,7 +487,11 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
         scheduler: OptunaPruningScheduler,
         heartbeat: Callable[[], None],
         every: float = 5.0,
+        total: int | None = None,
+        time_left: float | None = None,
     ) -> None:
+        self.total = total
+        self.time_left = time_left
         self.echo = echo
         self.scheduler = scheduler
         self.heartbeat = heartbeat
@@ -424,6 +506,8 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
         # (monotonic time, trials running from then on): for the slots left idle at the end
         self.occupancy: list[tuple[float, int]] = []
         self.last_start: int | None = None  # index into occupancy
+        # per running trial: (label, step, total steps, wall seconds, step it restored from)
+        self.trial_steps: dict[str, tuple[str, int, int, float, int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into tuner.pkl; the console and the record stay here
@@ -439,12 +523,22 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        if "step" in result and "total_steps" in result:
+            label = f"{trial.config.get('task_key')} #{trial.config.get('optuna_number')}"
+            self.trial_steps[trial.trial_id] = (
+                label,
+                int(result["step"]),
+                int(result["total_steps"]),
+                float(result.get("wall_seconds", 0.0)),
+                int(result.get("restored_step", 0)),
+            )
         self._tick()
 
     def on_trial_complete(
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
     ) -> None:
         self.running.discard(trial.trial_id)
+        self.trial_steps.pop(trial.trial_id, None)
         self.occupancy.append((time.monotonic(), len(self.running)))
         result = trial.last_result or {}
         search = self.scheduler.searcher.search_for(trial.trial_id)
@@ -460,11 +554,16 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
             self.failed += 1
         if "wall_seconds" in result:
             self.trial_wall.append(float(result["wall_seconds"]))
-            self.trial_train.append(float(result.get("train_seconds", 0.0)))
+            # this process's training only: wall_seconds does not cover the restored part
+            self.trial_train.append(
+                float(result.get("train_seconds", 0.0))
+                - float(result.get("restored_train_seconds", 0.0))
+            )
         self._tick(force=True)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
+        self.trial_steps.pop(trial.trial_id, None)
         self.occupancy.append((time.monotonic(), len(self.running)))
         self.failed += 1
         self._tick(force=True)
@@ -492,11 +591,53 @@ class _Progress(_import_tune().Callback):  # type: ignore[misc]
             return
         self.last_print = now
         self.heartbeat()
+        self.echo(self.line(now - self.started))
+        for trial_id in sorted(self.trial_steps):
+            if trial_id in self.running:
+                self.echo("  " + trial_progress(*self.trial_steps[trial_id]))
+
+    def line(self, elapsed: float) -> str:
+        """``done X of N`` (finished trials: complete + pruned), the rest, an ETA, the best."""
         best = "-" if self.best is None else f"{self.best[0]:.3f} ({self.best[1]})"
-        self.echo(
-            f"[{now - self.started:6.0f}s] running {len(self.running)} | done {self.done} | "
-            f"pruned {self.pruned} | failed {self.failed} | best {best}"
+        finished = self.done + self.pruned
+        of = "" if self.total is None else f" of {self.total}"
+        return (
+            f"[{elapsed:6.0f}s] done {finished}{of} (pruned {self.pruned}, failed "
+            f"{self.failed}) | running {len(self.running)} | ETA {self.eta(elapsed)} | "
+            f"best {best}"
         )
+
+    def eta(self, elapsed: float) -> str:
+        """Time left at the pace so far (finished trials per second), capped by a time limit."""
+        left: float | None = None
+        finished = self.done + self.pruned
+        if self.total is not None and finished > 0:
+            left = elapsed / finished * max(0, self.total - finished)
+        if self.time_left is not None:
+            limit = max(0.0, self.time_left - elapsed)
+            left = limit if left is None else min(left, limit)
+        return "-" if left is None else _duration(left)
+
+
+def trial_progress(label: str, step: int, total: int, wall: float, restored: int) -> str:
+    """``static-mul #3: 120,000/3,000,000 steps (4%), ETA 2h05m``: the ETA extrapolates the
+    steps this run trained (since it started or restored) at the pace they took; a trial that
+    solves every seed ends before it."""
+    done = step - restored
+    eta = "?"
+    if done > 0 and wall > 0:
+        eta = _duration((total - step) * wall / done)
+    share = 100.0 * step / total if total else 0.0
+    return f"{label}: {step:,}/{total:,} steps ({share:.0f}%), ETA {eta}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _nothing(*args: Any, **kwargs: Any) -> None:
@@ -505,39 +646,90 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 
 @contextlib.contextmanager
 def _ray(address: str | None) -> Iterator[float]:
-    """Ray for one launch; yields the seconds its start took (0 when already connected)."""
+    """Ray for one launch; yields the seconds its start took (0 when already connected).
+
+    A local instance (no address) cannot be bound to loopback: Ray replaces 127.0.0.1 by the
+    host's address and listens on every interface. So it starts with token authentication
+    on, with a fresh random token that only this driver and its workers (who inherit the
+    environment) know; nothing else on the network can join it or submit work.
+    """
     import ray
 
     started = False
     start = time.perf_counter()
+    saved = {k: os.environ.get(k) for k in _RAY_AUTH_ENV}
     if not ray.is_initialized():
+        if address is None and not os.environ.get("RAY_AUTH_MODE"):
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+            _reload_ray_auth()
         # no address: a fresh local instance ("local"), never whichever cluster `ray start` last
         # left on this machine; it picks free ports itself, never the Redis-default 6379
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        try:
+            ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except Exception as err:  # ConnectionError, RuntimeError: Ray's own, with a traceback
+            _restore_env(saved)
+            where = "ray_address" if address else "ray"
+            raise StudyError(f"cannot start or reach Ray: {err}", field=where) from err
         started = True
     try:
         yield time.perf_counter() - start
     finally:
         if started:
             ray.shutdown()
+            _restore_env(saved)
+
+
+_RAY_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+
+
+def _restore_env(saved: Mapping[str, str | None]) -> None:
+    changed = any(os.environ.get(k) != v for k, v in saved.items())
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if changed:
+        _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Makes this process's Ray read RAY_AUTH_MODE/RAY_AUTH_TOKEN again.
+
+    Ray reads them once, when it is imported; the driver would then present no token to the
+    instance it starts. (What Ray's own tests do: ``authentication_test_utils``.)
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _node_capacities() -> list[dict[str, float]]:
+    """What each alive node of the connected Ray cluster offers (CPU, GPU, custom)."""
+    import ray
+
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [dict(n["Resources"]) for n in nodes if n.get("Alive")]
 
 
 def _study_tracker(settings: Settings, spec: StudySpec, study_dir: Path) -> Any:
     from study import _tracking
 
-    # A store the driver opens itself (SQLite, a database, file:) keeps artifacts in the study
-    # folder; a server (http://) keeps them where it is configured to, so they travel through
-    # it, not to this node's disk.
+    # A store the driver opens itself (SQLite, a database, file:) keeps artifacts in the
+    # workdir's artifacts/<study>/; a server (http://) keeps them where it is configured to,
+    # so they travel through it, not to this node's disk.
     local = not settings.tracking_uri.startswith(("http://", "https://"))
     return _tracking.StudyTracker(
         settings.tracking_uri,
         study_name=spec.name,
-        artifact_root=study_dir / "artifacts" if local else None,
+        artifact_root=settings.artifact_root if local else None,
     )
 
 
@@ -557,7 +749,47 @@ def launch(
     merged into every trial's config (``fail_at_step`` for fault-injection tests).
     """
     study_dir = settings.study_dir(spec.name)
-    record = _open_record(spec, settings, study_dir, resume=resume, num_samples=num_samples)
+    # Bad settings, unreachable stores and requests no node can schedule stop the launch here,
+    # before anything is written
+    check_stores(settings)
+    with contextlib.ExitStack() as ray_stack:
+        ray_seconds = None
+        if settings.ray_address is not None:
+            ray_seconds = ray_stack.enter_context(_ray(settings.ray_address))
+            check_schedulable(spec, _node_capacities())
+        else:
+            check_schedulable(spec, [local_capacity()])
+        lock = _DriverLock(study_dir, spec.name)
+        with lock:
+            record = _open_record(
+                spec, settings, study_dir, resume=resume, num_samples=num_samples
+            )
+            return _drive(
+                spec,
+                settings,
+                record,
+                ray_stack,
+                ray_seconds,
+                resume=resume,
+                echo=echo,
+                track=track,
+                extra_config=extra_config or {},
+            )
+
+
+def _drive(
+    spec: StudySpec,
+    settings: Settings,
+    record: dict[str, Any],
+    ray_stack: contextlib.ExitStack,
+    ray_seconds: float | None,
+    *,
+    resume: bool,
+    echo: Echo,
+    track: bool,
+    extra_config: Mapping[str, Any],
+) -> LaunchResult:
+    study_dir = settings.study_dir(spec.name)
     budget = record["budget"]
     keys = spec.task_keys()
     time_left = None
@@ -567,6 +799,7 @@ def launch(
     ran = 0
     stats: dict[str, float] = {}
     status = "finished"
+    counted = True
     with contextlib.ExitStack() as stack:
         # The stores are set up on a thread: Optuna's (~1 s for a new SQLite file), then, when
         # there is something to run, MLflow's (schema, experiment, parent run: ~2 s). A new
@@ -578,19 +811,18 @@ def launch(
         preparing = pool.submit(
             _prepare_tracking, opening, tracker, settings, spec, resume=resume, time_left=time_left
         )
-        ray_seconds = None
         started = time.monotonic()
         beat = _Heartbeat(study_dir, record)
         storage = None
         try:
-            if not resume and _may_run(budget, time_left):
-                ray_seconds = stack.enter_context(_ray(settings.ray_address))
+            if ray_seconds is None and not resume and _may_run(budget, time_left):
+                ray_seconds = ray_stack.enter_context(_ray(settings.ray_address))
             storage, left = opening.result()
             beat()
             tracking = preparing.result()
             if _has_work(left, time_left):
                 if ray_seconds is None:
-                    ray_seconds = stack.enter_context(_ray(settings.ray_address))
+                    ray_seconds = ray_stack.enter_context(_ray(settings.ray_address))
                 ran, stats = _run_tuner(
                     spec,
                     settings,
@@ -601,10 +833,12 @@ def launch(
                     tracking=tracking,
                     echo=echo,
                     heartbeat=beat,
-                    extra_config=extra_config or {},
+                    extra_config=extra_config,
                 )
                 stats["ray_start_seconds"] = ray_seconds
             else:
+                # nothing ran: this call is no launch (the record keeps its launches)
+                counted = False
                 echo("nothing to run: the budget is already used")
         except KeyboardInterrupt:
             status = "interrupted"
@@ -613,7 +847,9 @@ def launch(
             status = "failed"
             raise
         finally:
-            # a storage that failed to open raises as before, with nothing to close
+            # Trials stop first (their workers end with the driver's Ray session), so that
+            # none of them writes to MLflow after the states below are settled
+            ray_stack.close()
             if storage is None and opening.exception() is None:
                 storage = opening.result()[0]  # Ray's start failed while the stores opened
             if storage is not None:
@@ -625,7 +861,18 @@ def launch(
                     )
                     # trial runs whose process died without a word (a lost node) end KILLED
                     tracker.reconcile()
-                beat(status=_final_status(status, storage, spec, budget, record))
+                    # MLflow says what Optuna says: state tags, run status, cross-links
+                    _agree(tracker, storage, spec)
+                final = _final_status(status, storage, spec, budget, record)
+            else:
+                final = "failed"  # the stores did not open: nothing ran, and nothing runs
+            if counted:
+                beat(status=final)
+            else:
+                record["launches"].pop()
+                beat(status=final, count=False)
+    if status == "interrupted" or final == "incomplete":
+        echo(f"resume with: nalu-study resume {spec.name}")
     wall = time.monotonic() - started
     return LaunchResult(
         name=spec.name,
@@ -634,7 +881,27 @@ def launch(
         wall_seconds=wall,
         trials_run=ran,
         stats=stats,
+        experiment_id=None if tracker is None else tracker.experiment_id,
     )
+
+
+def _agree(tracker: Any, storage: optuna.storages.BaseStorage, spec: StudySpec) -> None:
+    """Sets each trial run's ``nalu.state`` (and status) to its Optuna trial's final state.
+
+    (Each Optuna trial got its ``mlflow_run_id`` user attribute from its first result, while
+    it could still be written: see ``TaskSearch.on_trial_result``.)
+    """
+    states: dict[tuple[str, int], str] = {}
+    for key in spec.task_keys():
+        name = optuna_study_name(spec.name, key)
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            continue
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.is_finished():
+                states[(name, trial.number)] = trial.state.name
+    tracker.agree(states)
 
 
 def _may_run(budget: Mapping[str, Any], time_left: float | None) -> bool:
@@ -651,7 +918,17 @@ def _open_storage(
     settings: Settings, spec: StudySpec, budget: Mapping[str, Any], *, resume: bool, echo: Echo
 ) -> tuple[optuna.storages.RDBStorage, dict[str, int]]:
     """Optuna's storage and the trials left per task × op (after a resume's reconciling)."""
-    storage = open_storage(settings.storage)
+    import sqlalchemy.exc
+
+    try:
+        storage = open_storage(settings.storage)
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        # reachable (checked before the launch) but unusable: no right to create the tables,
+        # a schema of another Optuna version, ...
+        detail = " ".join(str(getattr(err, "orig", err)).split())
+        raise StudyError(
+            f"cannot open the Optuna storage {redact(settings.storage)}: {detail}", field="storage"
+        ) from None
     if resume:
         fixed = reconcile_storage(storage, spec.name, spec.task_keys())
         echo(
@@ -679,12 +956,36 @@ def _prepare_tracking(
     experiment_id = tracker.prepare()
     if resume:
         tracker.reconcile()
-    parent = tracker.start_launch(params={"study": spec.name, "resume": resume})
+    parent = tracker.start_launch(
+        params=launch_params(spec, resume=resume),
+        spec_yaml=yaml.safe_dump(spec_document(spec), sort_keys=False),
+    )
     return {
         "uri": settings.tracking_uri,
         "experiment_id": experiment_id,
         "parent_run_id": parent,
         "study": spec.name,
+    }
+
+
+def launch_params(spec: StudySpec, *, resume: bool) -> dict[str, object]:
+    """The parent run's params: what a reader of the runs list needs to compare launches."""
+    return {
+        "study": spec.name,
+        "resume": resume,
+        "space": spec.space,
+        "tasks": ",".join(spec.task_keys()),
+        "sampler": spec.sampler.name,
+        "sampler.seed": spec.sampler.seed,
+        "sampler.options": dict(spec.sampler.options),
+        "pruner": spec.pruner.name,
+        "pruner.options": dict(spec.pruner.options),
+        "objective": spec.objective.metric,
+        "objective.tie_break": spec.objective.tie_break,
+        "seeds": spec.training.seeds,
+        "steps": spec.training.steps,
+        "num_samples": spec.budget.num_samples,
+        "time_limit": spec.budget.time_limit,
     }
 
 
@@ -714,13 +1015,15 @@ class _Heartbeat:
         self.record = record
         self.last = time.time()
 
-    def __call__(self, *, status: str | None = None) -> None:
+    def __call__(self, *, status: str | None = None, count: bool = True) -> None:
         now = time.time()
-        self.record["elapsed_s"] = float(self.record.get("elapsed_s", 0.0)) + (now - self.last)
+        if count:
+            self.record["elapsed_s"] = float(self.record.get("elapsed_s", 0.0)) + (now - self.last)
         self.last = now
         self.record["heartbeat"] = now
         if status is not None:
             self.record["status"] = status
+        if status is not None and count:
             self.record["launches"][-1]["ended"] = _now()
             self.record["launches"][-1]["status"] = status
         write_record(self.study_dir, self.record)
@@ -728,6 +1031,41 @@ class _Heartbeat:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class _DriverLock:
+    """One driver per study at a time: an exclusive lock on ``<study>/.driver.lock``.
+
+    Two ``launch`` (or ``resume``) calls of one name at once would both find no running
+    driver and both write the study; the second to ask for the lock is refused instead. The
+    kernel drops the lock when the driver dies, even by SIGKILL.
+    """
+
+    def __init__(self, study_dir: Path, name: str) -> None:
+        self.path = study_dir / ".driver.lock"
+        self.name = name
+        self.fd: int | None = None
+
+    def __enter__(self) -> _DriverLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StudyError(
+                f"study {self.name!r} is being launched or resumed by another driver right now",
+                field="name",
+            ) from None
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
 
 
 def _open_record(
@@ -775,7 +1113,8 @@ def _open_record(
         "workdir": str(settings.workdir),
     }
     record.update(status="running", driver_pid=os.getpid(), driver_host=platform.node())
-    record["launches"].append({"started": _now(), "resume": resume, "argv": sys.argv[1:]})
+    argv = [redact(a) for a in sys.argv[1:]]
+    record["launches"].append({"started": _now(), "resume": resume, "argv": argv})
     write_record(study_dir, record)
     return record
 
@@ -802,12 +1141,15 @@ def _run_tuner(
     extra_config: Mapping[str, Any],
 ) -> tuple[int, dict[str, float]]:
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     space = load_space(spec.space)
     constants = {
         "objective": {"metric": spec.objective.metric, "tie_break": spec.objective.tie_break},
         "checkpoint_every": spec.training.checkpoint_every,
         "threads": max(1, int(spec.resources.cpus)),
+        "ranges": list(spec.training.ranges),
         "tracking": dict(tracking) if tracking else None,
         **extra_config,
     }
@@ -818,27 +1160,39 @@ def _run_tuner(
             space=space,
             task=task,
             train=spec.training.train_overrides(),
-            checkpoint_root=study_dir / "checkpoints",
+            checkpoint_root=study_dir / "ray" / "checkpoints",
             constants=constants,
         )
         searches[key] = TaskSearch(
             define,
             study_name=optuna_study_name(spec.name, key),
             storage=storage,
-            sampler=spec.sampler.build(offset=i),
+            sampler=spec.sampler.build(offset=i, done=_trial_count(storage, spec.name, key)),
             pruner=spec.pruner.build(max_resource=spec.training.steps),
         )
+        study = searches[key].study
+        if spec.sampler.enqueue and not study.get_trials(deepcopy=False):
+            for point in spec.sampler.enqueue:  # a new study tries these first
+                study.enqueue_trial(dict(point), user_attrs={"enqueued": True})
+        _annotate(searches[key], spec, tracking)
     searcher = TaskGridSearcher(searches, quotas)
     scheduler = OptunaPruningScheduler(searcher)
-    progress = _Progress(echo=echo, scheduler=scheduler, heartbeat=heartbeat)
     total = searcher.total
     unlimited = spec.budget.num_samples is None
+    progress = _Progress(
+        echo=echo,
+        scheduler=scheduler,
+        heartbeat=heartbeat,
+        total=None if unlimited else total,
+        time_left=time_left,
+    )
     echo(
         f"study {spec.name}: {len(searches)} task(s), "
         f"{'unlimited' if unlimited else total} trial(s) to run"
         + ("" if time_left is None else f", {time_left:.0f}s left")
     )
     trainable = tune.with_resources(NaluTrainable, spec.resources.as_tune())
+    results = [CSVLoggerCallback(), JsonLoggerCallback()]  # type: ignore[no-untyped-call]
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -856,11 +1210,19 @@ def _run_tuner(
             storage_path=str(study_dir / "ray"),
             failure_config=tune.FailureConfig(max_failures=spec.training.max_failures),
             verbose=0,
-            callbacks=[progress],
+            # Tune's CSV and JSON results stay; its TensorBoard logger (and the
+            # "run tensorboard" hint it prints, for a tool we do not install) goes
+            callbacks=[progress, *results],
         ),
     )
     wall_start = time.perf_counter()
-    tuner.fit()
+    # Ctrl-C raises KeyboardInterrupt here instead of Tune's graceful stop, which would end
+    # the running trials' MLflow runs as PRUNED while Optuna fails them, and print a
+    # Tuner.restore hint (the study resumes with `nalu-study resume`, see launch())
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    _quiet_restore_hint()
+    with _working_folder(study_dir):
+        tuner.fit()
     wall = time.perf_counter() - wall_start
     ran = progress.done + progress.pruned + progress.failed
     slots = int(spec.budget.max_concurrent or 0)
@@ -873,6 +1235,61 @@ def _run_tuner(
         "idle_after_last_start_seconds": progress.idle_after_last_start(slots),
     }
     return ran, stats
+
+
+@contextlib.contextmanager
+def _working_folder(folder: Path) -> Iterator[None]:
+    """Runs Tune from ``folder``, and comes back if the old folder still exists.
+
+    Tune resolves its results folder against the working directory when the run ends. A
+    driver submitted as a Ray job (the compose ``launch`` service) works in the job's
+    unpacked ``working_dir``, which Ray's runtime-env agent may delete once no trial uses it
+    any more: the run then ended in FileNotFoundError from ``os.getcwd()``.
+    """
+    try:
+        previous: str | None = os.getcwd()
+    except FileNotFoundError:
+        previous = None
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        if previous is not None and os.path.isdir(previous):
+            os.chdir(previous)
+
+
+class _NoRestoreHint(logging.Filter):
+    """Drops Ray Tune's "Resume ... with Tuner.restore(...)" advice: ours is `resume NAME`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+def _quiet_restore_hint() -> None:
+    for name in ("ray.tune.tune", "ray.tune.tuner", "ray.tune.impl.tuner_internal"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoRestoreHint) for f in logger.filters):
+            logger.addFilter(_NoRestoreHint())
+
+
+def _annotate(search: TaskSearch, spec: StudySpec, tracking: Mapping[str, Any] | None) -> None:
+    """Optuna's own metadata: the objective's name, the spec, and where MLflow has the study.
+
+    optuna-dashboard shows the metric name on its axes and the user attributes on the study
+    page; ``mlflow_experiment_id`` leads from an Optuna study to its MLflow experiment.
+    """
+    study = search.study
+    study.set_metric_names([spec.objective.metric])
+    study.set_user_attr("spec", _jsonable_spec(spec))
+    study.set_user_attr("nalu_study", spec.name)
+    if tracking:
+        study.set_user_attr("mlflow_experiment_id", str(tracking["experiment_id"]))
+
+
+def _jsonable_spec(spec: StudySpec) -> Any:
+    import json
+
+    return json.loads(json.dumps(spec_document(spec), default=str))
 
 
 def _trial_name(trial: Any) -> str:

@@ -20,6 +20,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from study._sweep import RANGE_METRIC
+
 METRIC = "objective"
 # Final metrics copied into the Optuna trial's user attributes, so that `status` and the end
 # summary read them from Optuna storage alone.
@@ -36,6 +38,7 @@ SUMMARY_KEYS = (
     "node_id",
     "node_ip",
     "restored_step",
+    "mlflow_run_id",
 )
 
 
@@ -67,14 +70,20 @@ class TaskSearch(OptunaSearch):  # type: ignore[misc]
         study.pruner = pruner
         self.study = study
         self.pruned: set[str] = set()
+        self.linked: set[str] = set()
 
     def optuna_trial(self, trial_id: str) -> optuna.Trial:
         trial: optuna.Trial = self._ot_trials[trial_id]
         return trial
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        # the scheduler has already reported this step; Optuna ignores (and warns on) repeats
-        return
+        # the scheduler has already reported this step; Optuna ignores (and warns on) repeats.
+        # The link to the MLflow run is written once, while the trial can still be updated
+        # (a trial that Ctrl-C or a lost driver ends FAIL keeps it too)
+        run_id = result.get("mlflow_run_id")
+        if isinstance(run_id, str) and trial_id not in self.linked and trial_id in self._ot_trials:
+            self.optuna_trial(trial_id).set_user_attr("mlflow_run_id", run_id)
+            self.linked.add(trial_id)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -82,7 +91,9 @@ class TaskSearch(OptunaSearch):  # type: ignore[misc]
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self.optuna_trial(trial_id)
-        for key in SUMMARY_KEYS:
+        # a range sweep's per-range success rates (study/_sweep.py) too
+        ranges = sorted(k for k in (result or {}) if k.startswith(RANGE_METRIC))
+        for key in (*SUMMARY_KEYS, *ranges):
             value = (result or {}).get(key)
             if isinstance(value, int | float | str) and not (
                 isinstance(value, float) and not math.isfinite(value)
@@ -149,7 +160,9 @@ class TaskGridSearcher(Searcher):  # type: ignore[misc]
         return None if key is None else self.searches[key]
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        return
+        search = self.search_for(trial_id)
+        if search is not None:
+            search.on_trial_result(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False

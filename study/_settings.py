@@ -7,6 +7,7 @@ One object, resolved with the precedence CLI > environment > file (the study spe
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,45 @@ ENV_VARS: dict[str, str] = {
     "workdir": "NALU_STUDY_WORKDIR",
 }
 DEFAULT_WORKDIR = "studies"
+# A study name is a folder name: no separators, no "..", no trailing newline ($ would allow one)
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# The name the commands that read every study (list, dashboard) resolve settings under
+ANY_STUDY = "_"
+# scheme://user:password@host -> scheme://user:***@host; also a bare password before "@"
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``.
+
+    The one helper for everything shown or logged: CLI echoes, error messages, the
+    dashboard's pages and API. ``postgresql://optuna:s3cret@db/optuna`` becomes
+    ``postgresql://optuna:***@db/optuna``.
+    """
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def check_study_name(name: str, *, field: str = "name") -> str:
+    """``name`` if it is a valid study name (a plain folder name), else a SettingsError."""
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or ".." in name:
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        raise SettingsError(
+            f"must be 1-100 letters, digits, '_', '.' or '-' starting with a letter or digit "
+            f"(a folder name), got {shown}",
+            field=field,
+        )
+    return name
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Resolved settings for one study.
 
-    ``ray_address`` ``None`` starts (or joins) a local Ray instance. The embedded defaults put
-    MLflow's tracking store and Optuna's storage in SQLite files inside the study's folder.
+    ``ray_address`` ``None`` starts (or joins) a local Ray instance. The embedded defaults are
+    one store per workdir, shared by all its studies: ``<workdir>/mlflow.db`` (one MLflow
+    experiment per study) and ``<workdir>/optuna.db`` (Optuna studies ``<study>.<task>-<op>``),
+    so that ``mlflow ui``, optuna-dashboard and ``nalu-study dashboard`` see every study at once.
+    A study's own folder keeps its record, its Ray results and its exports.
     """
 
     ray_address: str | None
@@ -36,7 +68,21 @@ class Settings:
     workdir: Path
 
     def study_dir(self, study_name: str) -> Path:
-        return self.workdir / study_name
+        """``<workdir>/<study_name>``; a name such as ``../x`` never leaves the workdir."""
+        return self.workdir / check_study_name(study_name)
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where a store the driver opens itself (SQLite, a database) keeps run artifacts."""
+        return self.workdir / "artifacts"
+
+
+def default_tracking_uri(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def default_storage(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'optuna.db'}"
 
 
 def _validate(name: str, value: str) -> str:
@@ -88,11 +134,12 @@ def resolve_settings(
                 return _validate(name, str(source))
         return None
 
+    if study_name != ANY_STUDY:
+        check_study_name(study_name)
     workdir = Path(pick("workdir") or DEFAULT_WORKDIR).expanduser().resolve()
-    study_dir = workdir / study_name
     return Settings(
         ray_address=pick("ray_address"),
-        tracking_uri=pick("tracking_uri") or f"sqlite:///{study_dir / 'mlflow.db'}",
-        storage=pick("storage") or f"sqlite:///{study_dir / 'optuna.db'}",
+        tracking_uri=pick("tracking_uri") or default_tracking_uri(workdir),
+        storage=pick("storage") or default_storage(workdir),
         workdir=workdir,
     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,15 +21,45 @@ from typing import Any
 import optuna
 import yaml
 
-from nalu_core import ConfigError, TaskConfig, TrainConfig
-from study._errors import SpecError
-from study._settings import ENV_VARS
+from nalu_core import RANGE_PRESETS, ConfigError, TaskConfig, TrainConfig
+from search_spaces._yaml import load_yaml
+from study._errors import InvalidSpecError, SettingsError, SpecError
+from study._settings import ENV_VARS, check_study_name
 
 SAMPLERS = ("tpe", "cmaes", "random", "grid")
 PRUNERS = ("median", "percentile", "successive-halving", "hyperband", "none")
 OBJECTIVE_METRICS = ("success_lower", "success_rate")
 TIE_BREAKS = ("extrapolation_mse_median", "interpolation_mse_median", "none")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# numpy's and torch's generators take seeds below 2**32; the per-task offsets stay inside
+MAX_SEED = 2**32 - 1
+# What any one number in a spec may be: far above any real study, far below what would hang
+# a launch or allocate without end. Requests are also checked against the cluster at launch.
+LIMITS = {
+    "budget.num_samples": 1_000_000,
+    "budget.max_concurrent": 10_000,
+    "training.seeds": 100_000,
+    "training.steps": 10**9,
+    "training.eval_every": 10**9,
+    "training.checkpoint_every": 10**6,
+    "training.max_failures": 1000,
+    "resources.cpus": 10_000,
+    "resources.gpus": 1000,
+}
+# One trial's tensors (inputs, activations, gradients of every replica), estimated from the
+# study's sizes before anything is allocated; more than this fits no machine we know
+MAX_TRIAL_BYTES = 256 * 2**30
+
+
+def _short_repr() -> reprlib.Repr:
+    """A ``repr`` of bounded length: error messages never print a huge (expanded) value."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 60
+    short.maxlist = short.maxdict = short.maxtuple = 6
+    short.maxlevel = 2
+    return short
+
+
+_show = _short_repr().repr
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECTIONS = (
@@ -53,7 +85,7 @@ def _mapping(data: object, where: str) -> Mapping[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise _fail(f"must be a mapping, got {data!r}", where)
+        raise _fail(f"must be a mapping, got {_show(data)}", where)
     return data
 
 
@@ -64,16 +96,22 @@ def _only(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None
         raise _fail(f"unknown key; allowed: {sorted(allowed)}", key)
 
 
-def _int(value: object, where: str, *, minimum: int = 1) -> int:
+def _int(value: object, where: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    maximum = LIMITS.get(where, maximum)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(f"must be an int >= {minimum}, got {value!r}", where)
+        raise _fail(f"must be an int >= {minimum}, got {_show(value)}", where)
+    if maximum is not None and value > maximum:
+        raise _fail(f"must be at most {maximum}, got {_show(value)}", where)
     return value
 
 
 def _number(value: object, where: str, *, minimum: float = 0.0) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or not math.isfinite(float(value)) or float(value) < minimum:  # type: ignore[arg-type]
-        raise _fail(f"must be a finite number >= {minimum}, got {value!r}", where)
+        raise _fail(f"must be a finite number >= {minimum}, got {_show(value)}", where)
+    maximum = LIMITS.get(where)
+    if maximum is not None and float(value) > maximum:  # type: ignore[arg-type]
+        raise _fail(f"must be at most {maximum}, got {_show(value)}", where)
     return float(value)  # type: ignore[arg-type]
 
 
@@ -84,12 +122,14 @@ def parse_duration(value: object, where: str = "budget.time_limit") -> float | N
     if isinstance(value, str):
         match = _DURATION.match(value)
         if not match:
-            raise _fail(f"must be seconds or a duration like '10m' or '2h', got {value!r}", where)
+            raise _fail(
+                f"must be seconds or a duration like '10m' or '2h', got {_show(value)}", where
+            )
         seconds = float(match.group(1)) * _SECONDS[match.group(2)]
     else:
         seconds = _number(value, where)
     if seconds <= 0:
-        raise _fail(f"must be > 0, got {value!r}", where)
+        raise _fail(f"must be > 0, got {_show(value)}", where)
     return seconds
 
 
@@ -100,6 +140,8 @@ class TrainingSpec:
     ``options`` holds any other :class:`nalu_core.TrainConfig` field (``batch_size``, ``device``,
     ...) that the search space does not set. The trainer state is checkpointed every
     ``checkpoint_every`` evaluations; a failed trial is retried ``max_failures`` times from it.
+    ``ranges`` (range presets) makes each trial train its configuration on every one of them,
+    scored over all their seeds together (Mistry's 9 range pairs; ``study/_sweep.py``).
     """
 
     seeds: int = 16
@@ -107,7 +149,10 @@ class TrainingSpec:
     eval_every: int = 500
     checkpoint_every: int = 2
     max_failures: int = 2
+    # G groups of seeds/G replicas sharing one batch per step (None: one stream per seed)
+    data_streams: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    ranges: tuple[str, ...] = ()
 
     def train_overrides(self) -> dict[str, Any]:
         return {
@@ -115,6 +160,7 @@ class TrainingSpec:
             "seeds": self.seeds,
             "steps": self.steps,
             "eval_every": self.eval_every,
+            "data_streams": self.data_streams,
         }
 
 
@@ -132,13 +178,22 @@ class BudgetSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerSpec:
+    """``enqueue``: points (parameter -> value) each new per-task study tries first, such as a
+    published configuration the search should start from."""
+
     name: str = "tpe"
     seed: int | None = 0
     options: Mapping[str, Any] = field(default_factory=dict)
+    enqueue: tuple[Mapping[str, Any], ...] = ()
 
-    def build(self, *, offset: int = 0) -> optuna.samplers.BaseSampler:
-        """A fresh sampler; ``offset`` decorrelates the per-task studies' seeds."""
-        seed = None if self.seed is None else self.seed + offset
+    def build(self, *, offset: int = 0, done: int = 0) -> optuna.samplers.BaseSampler:
+        """A fresh sampler; ``offset`` decorrelates the per-task studies' seeds.
+
+        ``done`` is the number of trials the study already holds: a resumed launch seeds its
+        sampler apart from the first one's, so that a seeded sampler does not replay its
+        opening picks (the same seed would draw the same first configurations again).
+        """
+        seed = None if self.seed is None else (self.seed + offset + 7919 * done) % (MAX_SEED + 1)
         options = dict(self.options)
         if self.name == "tpe":
             return optuna.samplers.TPESampler(seed=seed, **options)
@@ -248,6 +303,35 @@ class StudySpec:
         return TrainConfig.from_dict(self.training.train_overrides(), prefix="training")
 
 
+def local_capacity() -> dict[str, float]:
+    """What a local Ray instance started here will offer: Ray counts CPUs and GPUs this way."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_schedulable(spec: StudySpec, nodes: list[dict[str, float]]) -> None:
+    """Refuses per-trial resources that no node can ever offer (Tune would wait forever).
+
+    A trial runs on one node, so each request is compared with the largest node's.
+    """
+    wanted = {
+        "CPU": (spec.resources.cpus, "resources.cpus"),
+        "GPU": (spec.resources.gpus, "resources.gpus"),
+        **{k: (v, f"resources.custom.{k}") for k, v in spec.resources.custom.items()},
+    }
+    for key, (amount, where) in wanted.items():
+        if amount <= 0:
+            continue
+        most = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if amount > most:
+            raise SpecError(
+                f"{where}: each trial asks for {amount:g} {key}, but the largest Ray node "
+                f"offers {most:g}; no trial could ever be scheduled",
+                field=where,
+            )
+
+
 def task_key(task: TaskConfig) -> str:
     """``static-add``: names the per-task Optuna study and the checkpoint folder."""
     return f"{task.name}-{task.op}"
@@ -255,7 +339,9 @@ def task_key(task: TaskConfig) -> str:
 
 def _parse_tasks(data: object) -> tuple[TaskConfig, ...]:
     if not isinstance(data, list) or not data:
-        raise _fail(f"must be a non-empty list of {{name, ops, options}}, got {data!r}", "tasks")
+        raise _fail(
+            f"must be a non-empty list of {{name, ops, options}}, got {_show(data)}", "tasks"
+        )
     tasks: list[TaskConfig] = []
     for i, entry in enumerate(data):
         where = f"tasks[{i}]"
@@ -263,7 +349,7 @@ def _parse_tasks(data: object) -> tuple[TaskConfig, ...]:
         _only(entry, ("name", "ops", "op", "options"), where)
         ops = entry.get("ops", [entry["op"]] if "op" in entry else None)
         if not isinstance(ops, list) or not ops or not all(isinstance(o, str) for o in ops):
-            raise _fail(f"must be a non-empty list of op names, got {ops!r}", f"{where}.ops")
+            raise _fail(f"must be a non-empty list of op names, got {_show(ops)}", f"{where}.ops")
         for op in ops:
             try:
                 task = TaskConfig(
@@ -277,7 +363,7 @@ def _parse_tasks(data: object) -> tuple[TaskConfig, ...]:
     keys = [task_key(t) for t in tasks]
     duplicate = next((k for k in keys if keys.count(k) > 1), None)
     if duplicate:
-        raise _fail(f"task × op {duplicate!r} appears twice", "tasks")
+        raise _fail(f"task × op {_show(duplicate)} appears twice", "tasks")
     return tuple(tasks)
 
 
@@ -299,13 +385,13 @@ def _check_kwargs(factory: Callable[..., Any], options: Mapping[str, Any], where
 
 def _parse_sampler(data: object) -> SamplerSpec:
     data = _mapping({"name": data} if isinstance(data, str) else data, "sampler")
-    _only(data, ("name", "seed", "options"), "sampler")
+    _only(data, ("name", "seed", "options", "enqueue"), "sampler")
     name = data.get("name", "tpe")
     if name not in SAMPLERS:
-        raise _fail(f"must be one of {list(SAMPLERS)}, got {name!r}", "sampler.name")
+        raise _fail(f"must be one of {list(SAMPLERS)}, got {_show(name)}", "sampler.name")
     seed = data.get("seed", 0)
     if seed is not None:
-        _int(seed, "sampler.seed", minimum=0)
+        _int(seed, "sampler.seed", minimum=0, maximum=MAX_SEED)
     options = dict(_mapping(data.get("options"), "sampler.options"))
     if name == "grid":
         grid = options.get("search_space")
@@ -324,7 +410,12 @@ def _parse_sampler(data: object) -> SamplerSpec:
         "grid": optuna.samplers.GridSampler,
     }
     _check_kwargs(factories[name], options, "sampler.options")
-    spec = SamplerSpec(name=name, seed=seed, options=options)
+    enqueue = data.get("enqueue") or []
+    if not isinstance(enqueue, list) or not all(isinstance(p, Mapping) for p in enqueue):
+        raise _fail(f"must be a list of points (mappings), got {enqueue!r}", "sampler.enqueue")
+    spec = SamplerSpec(
+        name=name, seed=seed, options=options, enqueue=tuple(dict(p) for p in enqueue)
+    )
     _try_build("sampler.options", lambda: spec.build())
     if name == "cmaes":
         try:
@@ -339,7 +430,7 @@ def _parse_pruner(data: object, *, steps: int) -> PrunerSpec:
     _only(data, ("name", "options"), "pruner")
     name = data.get("name", "median")
     if name not in PRUNERS:
-        raise _fail(f"must be one of {list(PRUNERS)}, got {name!r}", "pruner.name")
+        raise _fail(f"must be one of {list(PRUNERS)}, got {_show(name)}", "pruner.name")
     options = dict(_mapping(data.get("options"), "pruner.options"))
     factories: dict[str, Callable[..., Any]] = {
         "median": optuna.pruners.MedianPruner,
@@ -365,17 +456,26 @@ def _try_build(where: str, build: Callable[[], object]) -> None:
 
 def _parse_training(data: object) -> TrainingSpec:
     data = _mapping(data, "training")
-    keys = ("seeds", "steps", "eval_every", "checkpoint_every", "max_failures", "options")
-    _only(data, keys, "training")
+    keys = (
+        "seeds",
+        "steps",
+        "eval_every",
+        "checkpoint_every",
+        "max_failures",
+        "data_streams",
+        "options",
+    )
+    _only(data, (*keys, "ranges"), "training")
     defaults = TrainingSpec()
     values = {k: data.get(k, getattr(defaults, k)) for k in keys[:-1]}
     for key, value in values.items():
-        _int(value, f"training.{key}", minimum=0 if key == "max_failures" else 1)
+        if not (key == "data_streams" and value is None):
+            _int(value, f"training.{key}", minimum=0 if key == "max_failures" else 1)
     options = dict(_mapping(data.get("options"), "training.options"))
-    clash = sorted(set(options) & {"seeds", "steps", "eval_every"})
+    clash = sorted(set(options) & {"seeds", "steps", "eval_every", "data_streams"})
     if clash:
         raise _fail("set it in training, not in training.options", f"training.options.{clash[0]}")
-    spec = TrainingSpec(**values, options=options)
+    spec = TrainingSpec(**values, options=options, ranges=_parse_ranges(data.get("ranges")))
     try:
         TrainConfig.from_dict(spec.train_overrides(), prefix="")
     except ConfigError as err:
@@ -383,6 +483,22 @@ def _parse_training(data: object) -> TrainingSpec:
         where = f"training.{key}" if key in keys else f"training.options.{key}"
         raise _fail(str(err), where) from err
     return spec
+
+
+def _parse_ranges(data: object) -> tuple[str, ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, list) or not data or not all(isinstance(r, str) for r in data):
+        raise _fail(f"must be a non-empty list of range presets, got {data!r}", "training.ranges")
+    for i, preset in enumerate(data):
+        if preset not in RANGE_PRESETS:
+            raise _fail(
+                f"unknown range preset {preset!r}; known: {sorted(RANGE_PRESETS)}",
+                f"training.ranges[{i}]",
+            )
+    if len(set(data)) != len(data):
+        raise _fail(f"a range appears twice: {data!r}", "training.ranges")
+    return tuple(data)
 
 
 def _parse_budget(data: object) -> BudgetSpec:
@@ -408,11 +524,13 @@ def _parse_objective(data: object) -> ObjectiveSpec:
     metric = data.get("metric", "success_lower")
     if metric not in OBJECTIVE_METRICS:
         raise _fail(
-            f"must be one of {list(OBJECTIVE_METRICS)}, got {metric!r}", "objective.metric"
+            f"must be one of {list(OBJECTIVE_METRICS)}, got {_show(metric)}", "objective.metric"
         )
     tie_break = data.get("tie_break", "extrapolation_mse_median")
     if tie_break not in TIE_BREAKS:
-        raise _fail(f"must be one of {list(TIE_BREAKS)}, got {tie_break!r}", "objective.tie_break")
+        raise _fail(
+            f"must be one of {list(TIE_BREAKS)}, got {_show(tie_break)}", "objective.tie_break"
+        )
     if data.get("direction", "maximize") != "maximize":
         raise _fail("success rates are maximised; only 'maximize'", "objective.direction")
     return ObjectiveSpec(metric=metric, tie_break=tie_break)
@@ -439,14 +557,14 @@ def _parse_settings(data: object) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for key, value in data.items():
         if value is not None and not isinstance(value, str):
-            raise _fail(f"must be a string, got {value!r}", f"settings.{key}")
+            raise _fail(f"must be a string, got {_show(value)}", f"settings.{key}")
         out[key] = value
     return out
 
 
 def _parse_space(data: object, base_dir: Path | None) -> str:
     if not isinstance(data, str) or not data:
-        raise _fail(f"must be a preset name or a file path, got {data!r}", "space")
+        raise _fail(f"must be a preset name or a file path, got {_show(data)}", "space")
     ref = data
     if base_dir is not None and (ref.endswith((".yaml", ".yml")) or "/" in ref):
         candidate = (base_dir / ref).resolve()
@@ -464,9 +582,23 @@ def _check_space_tasks(space_ref: str, tasks: tuple[TaskConfig, ...]) -> None:
     for i, task in enumerate(tasks):
         if allowed and task.name not in allowed:
             raise _fail(
-                f"the space {space_ref!r} is written for tasks {list(allowed)}, not {task.name!r}",
+                f"the space {_show(space_ref)} is written for tasks {list(allowed)}, "
+                f"not {_show(task.name)}",
                 f"tasks[{i}].name",
             )
+
+
+def _check_enqueued(
+    space_ref: str, sampler: SamplerSpec, tasks: tuple[TaskConfig, ...], training: TrainingSpec
+) -> None:
+    """Each enqueued point must build a RunConfig on every task, as a sampled one would."""
+    space = load_space(space_ref)
+    for i, point in enumerate(sampler.enqueue):
+        for task in tasks:
+            try:
+                space.to_run_config(point, task=task, train=training.train_overrides())
+            except (ValueError, TypeError) as err:
+                raise _fail(str(err), f"sampler.enqueue[{i}]") from err
 
 
 def load_space(ref: str) -> Any:
@@ -479,36 +611,122 @@ def load_space(ref: str) -> Any:
     return loader(ref)
 
 
-def parse_spec(data: object, *, base_dir: Path | None = None) -> StudySpec:
-    """Validates a spec mapping (as read from YAML) into a :class:`StudySpec`."""
-    data = _mapping(data, "spec")
-    _only(data, _SECTIONS, "")
-    name = data.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+def _largest(space: Any, name: str, default: int) -> int:
+    """The largest value the space can give ``name`` (a fixed, int or categorical parameter)."""
+    for param in getattr(space, "parameters", ()):
+        if param.name != name:
+            continue
+        values = [getattr(param, a, None) for a in ("value", "high")]
+        values += list(getattr(param, "choices", ()))
+        numbers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        return max(numbers, default=default)
+    return default
+
+
+def trial_bytes(*, seeds: int, batch: int, width: int, dtype: str = "float32") -> int:
+    """A rough upper bound of one trial's tensors: inputs, activations and gradients.
+
+    Every replica holds a (batch, width) block per layer, and each is kept about 8 times
+    (input, output, gradients, Adam's moments, evaluation copies).
+    """
+    return seeds * batch * max(1, width) * 8 * (8 if dtype == "float64" else 4)
+
+
+def check_trial_size(
+    *, seeds: int, batch: int, width: int, dtype: str, where: str, limit: int
+) -> None:
+    """Refuses sizes whose tensors could never be allocated, before anything is."""
+    need = trial_bytes(seeds=seeds, batch=batch, width=width, dtype=dtype)
+    if need > limit:
         raise _fail(
-            f"must be 1-100 letters, digits, '_', '.' or '-' (a folder name), got {name!r}",
-            "name",
+            f"one trial would need about {need / 2**30:.3g} GiB ({seeds} seeds × batch "
+            f"{batch} × width {width}); at most {limit / 2**30:.3g} GiB fits",
+            where,
         )
+
+
+def _check_sizes(training: TrainingSpec, tasks: tuple[TaskConfig, ...], space_ref: str) -> None:
+    space = load_space(space_ref)
+    options = dict(training.options)
+    defaults = TrainConfig()
+    batch = max(
+        _largest(space, "batch_size", int(options.get("batch_size", defaults.batch_size))),
+        _largest(space, "eval_samples", int(options.get("eval_samples", defaults.eval_samples))),
+    )
+    hidden = _largest(space, "hidden_size", 2)
+    for i, task in enumerate(tasks):
+        size = task.options.get("input_size", 2)
+        width = max(size if isinstance(size, int) else 2, hidden)
+        check_trial_size(
+            seeds=training.seeds,
+            batch=batch,
+            width=width,
+            dtype=str(options.get("dtype", "float32")),
+            where=f"tasks[{i}].options.input_size" if width == size else "training",
+            limit=MAX_TRIAL_BYTES,
+        )
+
+
+def parse_spec(data: object, *, base_dir: Path | None = None) -> StudySpec:
+    """Validates a spec mapping (as read from YAML) into a :class:`StudySpec`.
+
+    Every section is checked, and every problem found is reported at once
+    (:class:`InvalidSpecError`, one :class:`SpecError` per problem), as ``spaces validate``
+    reports a space's.
+    """
+    data = _mapping(data, "spec")
+    errors: list[SpecError] = []
+
+    def check(parse: Callable[[], Any], default: Any = None) -> Any:
+        try:
+            return parse()
+        except InvalidSpecError as err:
+            errors.extend(err.errors)
+        except SpecError as err:
+            errors.append(err)
+        return default
+
+    check(lambda: _only(data, _SECTIONS, ""))
+    name = data.get("name")
+
+    def parse_name() -> str:
+        try:
+            return check_study_name(name)  # type: ignore[arg-type]
+        except SettingsError as err:
+            raise _fail(str(err).removeprefix("name: "), "name") from err
+
+    check(parse_name)
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise _fail(f"must be a string, got {description!r}", "description")
-    training = _parse_training(data.get("training"))
-    tasks = _parse_tasks(data.get("tasks"))
-    space = _parse_space(data.get("space"), base_dir)
-    _check_space_tasks(space, tasks)
+        errors.append(_fail(f"must be a string, got {_show(description)}", "description"))
+    training = check(lambda: _parse_training(data.get("training")))
+    tasks = check(lambda: _parse_tasks(data.get("tasks")))
+    space = check(lambda: _parse_space(data.get("space"), base_dir))
+    if space is not None and tasks is not None:
+        check(lambda: _check_space_tasks(space, tasks))
+        if training is not None:
+            check(lambda: _check_sizes(training, tasks, space))
+    steps = training.steps if training is not None else TrainingSpec().steps
+    sections = {
+        "budget": check(lambda: _parse_budget(data.get("budget"))),
+        "sampler": check(lambda: _parse_sampler(data.get("sampler"))),
+        "pruner": check(lambda: _parse_pruner(data.get("pruner"), steps=steps)),
+        "objective": check(lambda: _parse_objective(data.get("objective"))),
+        "resources": check(lambda: _parse_resources(data.get("resources"))),
+        "settings": check(lambda: _parse_settings(data.get("settings"))),
+    }
+    if None not in (space, tasks, training, sections["sampler"]):
+        check(lambda: _check_enqueued(space, sections["sampler"], tasks, training))
+    if errors:
+        raise errors[0] if len(errors) == 1 else InvalidSpecError(errors)
     return StudySpec(
-        name=name,
+        name=name,  # type: ignore[arg-type]
         description=description,
         tasks=tasks,
         space=space,
         training=training,
-        budget=_parse_budget(data.get("budget")),
-        sampler=_parse_sampler(data.get("sampler")),
-        pruner=_parse_pruner(data.get("pruner"), steps=training.steps),
-        objective=_parse_objective(data.get("objective")),
-        resources=_parse_resources(data.get("resources")),
-        settings=_parse_settings(data.get("settings")),
         raw=dict(data),
+        **sections,
     )
 
 
@@ -528,7 +746,7 @@ def load_spec(ref: str | Path, *, overrides: Mapping[str, Any] | None = None) ->
         shipped = resources.files("study") / "specs" / f"{ref}.yaml"
         if not shipped.is_file():
             raise SpecError(
-                f"no spec file {ref!r} and no shipped spec of that name; shipped: "
+                f"no spec file {_show(ref)} and no shipped spec of that name; shipped: "
                 f"{shipped_specs()}",
                 field="spec",
             )
@@ -537,11 +755,13 @@ def load_spec(ref: str | Path, *, overrides: Mapping[str, Any] | None = None) ->
         try:
             text, base_dir = path.read_text(), path.resolve().parent
         except OSError as err:
-            raise SpecError(f"cannot read spec {str(ref)!r}: {err}", field="spec") from err
+            raise SpecError(f"cannot read spec {_show(str(ref))}: {err}", field="spec") from err
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
-        raise SpecError(f"spec {str(ref)!r} is not valid YAML: {err}", field="spec") from err
+        # one line: PyYAML's own message spans several, with the file as "<unicode string>"
+        detail = " ".join(str(err).replace('in "<unicode string>",', "").split())
+        raise SpecError(f"{ref}: not valid YAML: {detail}", field="spec") from err
     data = dict(_mapping(data, "spec"))
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)

@@ -21,7 +21,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study._errors import StudyError
+from study._errors import SettingsError, StudyError
+from study._settings import redact
+from study._stores import first_use_lock
 
 RECORD = "study.json"
 SPEC = "spec.yaml"
@@ -38,11 +40,35 @@ def read_record(study_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise StudyError(f"no study at {study_dir} (no {RECORD})", field="name") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise StudyError(f"cannot read {path}: {err}", field="name") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise StudyError(f"cannot read the study record: {err}", field=str(path)) from err
     if not isinstance(data, dict):
-        raise StudyError(f"{path} does not hold a study record", field="name")
+        raise StudyError("does not hold a study record", field=str(path))
+    for key, kinds in _RECORD_FIELDS.items():
+        if key in data and not isinstance(data[key], kinds):
+            raise StudyError(
+                f"corrupt record: {key!r} is a {type(data[key]).__name__}", field=str(path)
+            )
+    if not isinstance(data.get("name"), str):
+        raise StudyError("corrupt record: no study name", field=str(path))
     return data
+
+
+# What a study record holds, by type: a hand-edited or half-restored file fails here, with
+# its path, instead of as a traceback in whichever command reads the field
+_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "created": str,
+    "status": str,
+    "tasks": list,
+    "launches": list,
+    "budget": dict,
+    "settings": dict,
+    "elapsed_s": (int, float),
+    "heartbeat": (int, float),
+    "driver_pid": int,
+    "driver_host": str,
+}
 
 
 def write_record(study_dir: Path, record: Mapping[str, Any]) -> None:
@@ -197,6 +223,73 @@ class StudyStatus:
         }
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (``None`` for other URLs, or an in-memory one)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    rest = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if rest in ("", ":memory:") else Path(rest)
+
+
+def check_stores(settings: Any) -> None:
+    """Refuses stores that cannot be reached, before anything is written (exit code 2).
+
+    A database server is asked for one connection (5 s at most); a tracking server for its
+    ``/health``; a SQLite file needs a folder path that a file does not block.
+    """
+    check_store(settings.storage, field="storage")
+    check_store(settings.tracking_uri, field="tracking_uri")
+
+
+def check_store(url: str, *, field: str, timeout: float = 5.0) -> None:
+    """Whether the store at ``url`` can be reached; a :class:`SettingsError` naming ``field``.
+
+    Database URLs get one connection, HTTP tracking servers one ``/health`` request; a SQLite
+    file needs a folder path that is not blocked by a file. Nothing is created.
+    """
+    import urllib.error
+    import urllib.request
+
+    shown = redact(url)
+    path = sqlite_path(url)
+    if path is not None:
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise SettingsError(f"{shown}: {parent} is not a folder", field=field)
+                break
+        return
+    if url.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (a proxy or an auth layer may refuse /health)
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise SettingsError(f"cannot reach {shown}: {reason}", field=field) from None
+    if "://" not in url or url.startswith(("file:", "sqlite:")):
+        return
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        args = {"connect_timeout": int(timeout)}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=args, poolclass=sqlalchemy.NullPool)
+    except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as err:
+        raise SettingsError(f"{shown}: not a usable database URL: {err}", field=field) from None
+    try:
+        with engine.connect():
+            return
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        detail = " ".join(str(getattr(err, "orig", err)).split())
+        raise SettingsError(f"cannot reach {shown}: {detail}", field=field) from None
+    finally:
+        engine.dispose()
+
+
 _CONCURRENT_CREATE = ("already exists", "alembic_version", "database is locked")
 
 
@@ -206,13 +299,16 @@ def open_storage(url: str, *, attempts: int = 3) -> optuna.storages.RDBStorage:
     Two processes opening the same new SQLite file at once (a launch creating it while
     ``nalu-study status`` reads it) both run Optuna's CREATE TABLE and its alembic stamp;
     the loser fails ("table ... already exists", "UNIQUE constraint failed: alembic_version",
-    "database is locked"), and a second open finds the tables made.
+    "database is locked"), and a second open finds the tables made. A SQLite file is opened
+    under :func:`first_use_lock`, so launches that share a workdir's ``optuna.db`` never race;
+    the retries remain for readers of a store made by an older version without the lock.
     """
     import sqlalchemy.exc
 
     for attempt in range(1, attempts + 1):
         try:
-            return optuna.storages.RDBStorage(url)
+            with first_use_lock(url):
+                return optuna.storages.RDBStorage(url)
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
             raced = any(m in str(err) for m in _CONCURRENT_CREATE)
             if not raced or attempt == attempts:
@@ -221,14 +317,49 @@ def open_storage(url: str, *, attempts: int = 3) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
+def open_storage_readonly(url: str) -> optuna.storages.RDBStorage | None:
+    """The storage at ``url`` for reading, or ``None`` where it holds nothing yet.
+
+    A read never creates anything: a missing SQLite file stays missing (SQLAlchemy would
+    create it), and Optuna's tables are not created in an empty database.
+    """
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        return None
+    check_store(url, field="storage")
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.NullPool)
+        try:
+            # Optuna's "version_info" row is written on its first open: no row, no study yet
+            tables = sqlalchemy.inspect(engine)
+            if not (tables.has_table("studies") and tables.has_table("alembic_version")):
+                return None
+        finally:
+            engine.dispose()
+        return optuna.storages.RDBStorage(url, skip_table_creation=True)
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError) as err:
+        raise StudyError(f"cannot read the Optuna storage: {err}", field="storage") from err
+
+
 def study_status(study_dir: Path, *, storage_url: str | None = None) -> StudyStatus:
-    """Counts, best trials and budget of the study in ``study_dir``."""
+    """Counts, best trials and budget of the study in ``study_dir``; writes nothing."""
+    import sqlalchemy.exc
+
     record = read_record(study_dir)
-    keys = list(record.get("tasks", []))
+    keys = [str(k) for k in record.get("tasks", [])]
     url = storage_url or record.get("settings", {}).get("storage")
     tasks: list[TaskSummary] = []
-    if url:
-        tasks = summarize(open_storage(url), str(record["name"]), keys)
+    storage = open_storage_readonly(str(url)) if url else None
+    if storage is not None:
+        try:
+            tasks = summarize(storage, str(record["name"]), keys)
+        except sqlalchemy.exc.SQLAlchemyError:
+            tasks = []  # no Optuna tables yet: no trials yet
+    if not tasks:
+        tasks = [TaskSummary(key=k, counts={}) for k in keys]
     budget = record.get("budget", {})
     return StudyStatus(
         name=str(record["name"]),
@@ -250,8 +381,24 @@ def list_studies(workdir: Path) -> list[dict[str, Any]]:
     for record_path in workdir.glob(f"*/{RECORD}"):
         try:
             record = read_record(record_path.parent)
-        except StudyError:
+            budget, launches = record.get("budget", {}), record.get("launches", [])
+            elapsed = round(elapsed_seconds(record), 1)
+        except (StudyError, TypeError, ValueError) as err:
+            # one broken study does not hide the others: it is listed as such
+            rows.append(
+                {
+                    "name": record_path.parent.name,
+                    "status": "corrupt",
+                    "tasks": 0,
+                    "created": "",
+                    "launches": 0,
+                    "elapsed_s": 0.0,
+                    "storage": "",
+                    "error": redact(str(err)),
+                }
+            )
             continue
+        del budget, launches
         rows.append(
             {
                 "name": record.get("name", record_path.parent.name),
@@ -259,8 +406,8 @@ def list_studies(workdir: Path) -> list[dict[str, Any]]:
                 "tasks": len(record.get("tasks", [])),
                 "created": record.get("created", ""),
                 "launches": len(record.get("launches", [])),
-                "elapsed_s": round(elapsed_seconds(record), 1),
-                "storage": record.get("settings", {}).get("storage", ""),
+                "elapsed_s": elapsed,
+                "storage": redact(str(record.get("settings", {}).get("storage", ""))),
             }
         )
     return sorted(rows, key=lambda r: str(r["created"]), reverse=True)

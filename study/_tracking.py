@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from nalu_core import RunConfig
 from study._errors import StudyError
+from study._stores import first_use_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -47,13 +48,26 @@ STUDY_TAG = "nalu.study"
 STATE_TAG = "nalu.state"
 RAY_TRIAL_TAG = "nalu.ray_trial_id"
 OPTUNA_TRIAL_TAG = "nalu.optuna_trial"
+OPTUNA_STUDY_TAG = "nalu.optuna_study"
 NODE_TAG = "nalu.node"
 PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+PRUNED_SUFFIX = "(pruned)"
 ROBUST_TAG = "robust"
 DIVISION_TAG = "division_summary"
 CONVERGED_TAG = "converged"
 DROPPED_TAG = "nalu.dropped_metrics"
 RECONCILED_TAG = "nalu.reconciled"
+# MLflow 3.x opens an experiment in its GenAI view unless this tag says otherwise; its UI
+# reads "mlflow.experimentKind" and offers "genai_development" or "custom_model_development"
+# (the classic runs/metrics/params view). Verified in mlflow 3.17.2's bundled UI.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+# Log axes cannot show 0: an MSE at or below this (a solved trial; float32 leaves 0 or about
+# 1e-14 for an exact solution) is drawn at this value and marked, in curves.png, the probe
+# plot and every log-axis plot of the dashboard.
+MSE_FLOOR = 1e-12
 
 # A configuration is "robust" when, with 95% confidence (Wilson), it succeeds on at least half
 # of its seeds. One lucky seed out of 32 gives a lower bound of 0.006, 24/32 gives 0.58.
@@ -214,24 +228,53 @@ def _probe_points(probe: Any) -> list[tuple[str, float, float]]:
     return points
 
 
-def division_summary(probe: Any) -> str | None:
-    """One line: error at the smallest vs the largest |denominator| and how much it grows."""
+def success_wording(success_rate: float | None, success_ci: Sequence[float] | None) -> str:
+    """The verdict of a trial from its seeds' success in the extrapolation range."""
+    if success_rate is None or not math.isfinite(success_rate):
+        return "success in the extrapolation range unknown"
+    ci = ""
+    if success_ci is not None and len(success_ci) == 2:
+        ci = f" [{success_ci[0]:.0%}, {success_ci[1]:.0%}]"
+    if success_rate == 0:
+        return f"fails in the extrapolation range (0% of seeds{ci})"
+    robust = success_ci is not None and is_robust(float(success_ci[0]))
+    verb = "divides robustly" if robust else "divides"
+    return f"{verb}: {success_rate:.0%} of seeds succeed in the extrapolation range{ci}"
+
+
+def division_summary(
+    probe: Any,
+    *,
+    success_rate: float | None = None,
+    success_ci: Sequence[float] | None = None,
+) -> str | None:
+    """One line: the verdict from the seeds' success in the extrapolation range, then what
+    the probe alone shows.
+
+    The probe moves the denominator into decades down to 1e-6, far below most extrapolation
+    ranges, so its growth toward zero is reported apart ("probe only"), never as the verdict:
+    a unit that divides on 62% of its seeds is not "failing" because 1/1e-6 is hard.
+    Without a success rate (older callers) the line is the probe's part alone.
+    """
     points = [p for p in _probe_points(probe) if p[1] > 0]
+    verdict = None if success_rate is None else success_wording(success_rate, success_ci)
     if len(points) < 2:
-        return None
+        return verdict
     points.sort(key=lambda p: p[1])
     (small_label, _, small), (large_label, _, large) = points[0], points[-1]
     if not (math.isfinite(large) and large > 0):
-        return (
-            f"median extrapolation MSE {small:.3g} at |den| {small_label}, "
+        probe_part = (
+            f"probe only: median MSE {small:.3g} at |den| {small_label}, "
             f"{large:.3g} at {large_label}"
         )
-    ratio = small / large if math.isfinite(small) else math.inf
-    verdict = "fails near zero" if ratio >= 10 else "stable across |den|"
-    return (
-        f"{verdict}: median extrapolation MSE {small:.3g} at |den| {small_label} vs "
-        f"{large:.3g} at {large_label} ({ratio:.3g}x)"
-    )
+    else:
+        ratio = small / large if math.isfinite(small) else math.inf
+        shape = "grows toward |den| 0" if ratio >= 10 else "flat across |den|"
+        probe_part = (
+            f"probe only: median MSE {shape}, {small:.3g} at |den| {small_label} vs "
+            f"{large:.3g} at {large_label} ({ratio:.3g}x)"
+        )
+    return probe_part if verdict is None else f"{verdict}; {probe_part}"
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -315,6 +358,11 @@ class _CurvesFigure:
             split: self.ax_mse.plot([], [], color=colour)[0]
             for split, colour in (("extrapolation", "tab:red"), ("interpolation", "tab:blue"))
         }
+        # solved evaluations (MSE 0) drawn at MSE_FLOOR, marked with a triangle
+        self.solved = {
+            split: self.ax_mse.plot([], [], ls="none", marker="v", ms=7, color=line.get_color())[0]
+            for split, line in self.mse.items()
+        }
         self.threshold = self.ax_mse.axhline(1.0, color="k", ls="--", lw=1)
         self.rate = self.ax_rate.plot([], [], color="tab:green")[0]
         self.bands: list[Any] = []
@@ -322,7 +370,9 @@ class _CurvesFigure:
         _log_axis(self.ax_mse.yaxis)
         # one line of text instead of a legend box: text dominates the render time
         self.ax_mse.set_title(
-            "extrapolation (red), interpolation (blue), threshold (dashed)", fontsize=8
+            "extrapolation (red), interpolation (blue), threshold (dashed); "
+            f"\u25bc MSE 0, drawn at {MSE_FLOOR:.0e}",
+            fontsize=8,
         )
         self.ax_mse.set_ylabel("MSE: median, quartiles")
         self.ax_rate.set_ylim(0, 1)
@@ -337,13 +387,19 @@ class _CurvesFigure:
         def column(name: str) -> list[float]:
             return [r.get(name, math.nan) for r in rows]
 
+        def floor(values: list[float]) -> list[float]:
+            return [MSE_FLOOR if math.isfinite(v) and v <= MSE_FLOOR else v for v in values]
+
         for band in self.bands:
             band.remove()
         self.bands = []
         seen: list[float] = []
         for split, line in self.mse.items():
-            med, q25, q75 = (column(f"{split}_mse_{s}") for s in ("median", "q25", "q75"))
+            raw = column(f"{split}_mse_median")
+            med, q25, q75 = (floor(column(f"{split}_mse_{s}")) for s in ("median", "q25", "q75"))
             line.set_data(steps, med)
+            at_floor = [(s, MSE_FLOOR) for s, v in zip(steps, raw, strict=True) if v <= MSE_FLOOR]
+            self.solved[split].set_data([p[0] for p in at_floor], [p[1] for p in at_floor])
             colour = line.get_color()
             self.bands.append(
                 self.ax_mse.fill_between(steps, q25, q75, color=colour, alpha=0.2, lw=0)
@@ -368,7 +424,8 @@ class _CurvesFigure:
             )
         )
         first, last = (min(steps), max(steps)) if steps else (0, 1)
-        self.ax_rate.set_xlim(first, max(last, first + 1))
+        # a little room on the right: a marker on the last evaluation stays whole
+        self.ax_rate.set_xlim(first, max(last, first + 1) + 0.03 * max(last - first, 1))
         self.fig.savefig(path, dpi=_DPI)
 
 
@@ -399,14 +456,24 @@ def _plot_curves(result: _Result, path: Path) -> None:
         curves.render(steps, rows, threshold, path)
 
 
-def _plot_probe(points: list[tuple[str, float, float]], path: Path) -> None:
-    pts = sorted((x, y) for _, x, y in points if x > 0 and math.isfinite(y) and y > 0)
-    fig, ax = _figure(5, 3.5)
+def _plot_probe(
+    points: list[tuple[str, float, float]], path: Path, *, title: str = "division probe"
+) -> None:
+    pts = sorted(
+        (x, max(y, MSE_FLOOR)) for _, x, y in points if x > 0 and math.isfinite(y) and y >= 0
+    )
+    fig, ax = _figure(5.5, 3.8)
     ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    solved = [p for p in pts if p[1] <= MSE_FLOOR]
+    if solved:
+        ax.plot([p[0] for p in solved], [p[1] for p in solved], ls="none", marker="v", ms=9)
     _log_axis(ax.xaxis, ticks=8)
     _log_axis(ax.yaxis)
-    ax.set_xlabel("|denominator|")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("|denominator| (probe bins, decades)")
     ax.set_ylabel("median extrapolation MSE")
+    # the labels and title inside the PNG: no clipped "|denominator|" or y label
+    fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
 
 
@@ -428,6 +495,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_artifacts(result: _Result, folder: Path) -> list[str]:
     """Writes the trial's artifacts into ``folder``; returns the file names written."""
+    import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
     import yaml
 
@@ -435,8 +503,12 @@ def write_artifacts(result: _Result, folder: Path) -> list[str]:
     written = []
     (folder / "config.yaml").write_text(yaml.safe_dump(result.config.to_dict(), sort_keys=False))
     written.append("config.yaml")
-    pq.write_table(_seeds_table(result), folder / "seeds.parquet")
+    seeds = _seeds_table(result)
+    pq.write_table(seeds, folder / "seeds.parquet")
     written.append("seeds.parquet")
+    # the same table as text: MLflow's artifact view previews CSV, not Parquet
+    pa_csv.write_csv(seeds, folder / "seeds.csv")
+    written.append("seeds.csv")
     if result.history:
         _plot_curves(result, folder / "curves.png")
         written.append("curves.png")
@@ -446,7 +518,12 @@ def write_artifacts(result: _Result, folder: Path) -> list[str]:
         written.append("division_probe.json")
         points = _probe_points(result.division_probe)
         if points:
-            _plot_probe(points, folder / "division_probe.png")
+            layer = result.config.model.layers[0].unit
+            title = (
+                f"{layer} on {result.config.task.name} div: median MSE per |denominator| bin"
+                f"\nsuccess {result.success_rate:.0%} of seeds in the extrapolation range"
+            )
+            _plot_probe(points, folder / "division_probe.png", title=title)
             written.append("division_probe.png")
     state = result.best_replica_state()
     if state:
@@ -886,7 +963,12 @@ class TrialTracker:
             # the sequence tasks' verdict on their training loss (TrainResult.metrics)
             tags[CONVERGED_TAG] = str(final["converged"] == 1.0).lower()
         if result.config.task.op == "div":
-            tags[DIVISION_TAG] = division_summary(result.division_probe) or "no probe recorded"
+            summary = division_summary(
+                result.division_probe,
+                success_rate=float(result.success_rate),
+                success_ci=tuple(result.success_ci),
+            )
+            tags[DIVISION_TAG] = summary or "no probe recorded"
         folder = Path(tempfile.mkdtemp(prefix="nalu-artifacts-"))
         write_artifacts(result, folder)
         self._delivery.put(
@@ -910,6 +992,9 @@ class TrialTracker:
         self.finished = True
         status = _STATE_TO_STATUS[state]
         tags: dict[str, str] = {STATE_TAG: state}
+        if state == "PRUNED":
+            # MLflow's runs list shows names and statuses: FINISHED alone hides a pruning
+            tags[RUN_NAME_TAG] = f"{self.trial_name} {PRUNED_SUFFIX}"
         if self._delivery.dropped:
             tags[DROPPED_TAG] = str(self._delivery.dropped)
         # The cost of tracking in this trial (without this final flush), for overhead audits.
@@ -985,7 +1070,8 @@ class StudyTracker:
         db = _sqlite_path(tracking_uri)
         if artifact_root is None and db is not None:
             artifact_root = db.parent / "artifacts"
-        self.artifact_root = artifact_root
+        # one folder per study under the store's artifact root: studies share the store
+        self.artifact_root = None if artifact_root is None else artifact_root / study_name
         self.deadline = deadline
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -997,11 +1083,16 @@ class StudyTracker:
             db = _sqlite_path(self.tracking_uri)
             if db is not None:
                 db.parent.mkdir(parents=True, exist_ok=True)
-            self._client = _retry(
-                "open the tracking store",
-                lambda: _client(self.tracking_uri),
-                deadline=self.deadline,
-            )
+
+            def open_store() -> MlflowClient:
+                # a fresh SQLite file is migrated on first use: one process at a time
+                with first_use_lock(self.tracking_uri):
+                    client = _client(self.tracking_uri)
+                    if db is not None:
+                        client.search_experiments(max_results=1)  # runs the migrations now
+                    return client
+
+            self._client = _retry("open the tracking store", open_store, deadline=self.deadline)
         return self._client
 
     def prepare(self) -> str:
@@ -1019,18 +1110,35 @@ class StudyTracker:
                     client.create_experiment(
                         self.study_name,
                         artifact_location=location,
-                        tags={STUDY_TAG: self.study_name},
+                        tags=dict(self._experiment_tags()),
                     )
                 )
             if experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
+            for key, value in self._experiment_tags().items():
+                if experiment.tags.get(key) != value:  # studies made before the tag existed
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
             return str(experiment.experiment_id)
 
-        self.experiment_id = _retry("create the experiment", get_or_create, deadline=self.deadline)
+        with first_use_lock(self.tracking_uri):
+            self.experiment_id = _retry(
+                "create the experiment", get_or_create, deadline=self.deadline
+            )
         return self.experiment_id
 
-    def start_launch(self, *, params: Mapping[str, object] | None = None) -> str:
-        """Opens the parent run of this launch; returns its run id."""
+    def _experiment_tags(self) -> dict[str, str]:
+        return {STUDY_TAG: self.study_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+
+    def start_launch(
+        self,
+        *,
+        params: Mapping[str, object] | None = None,
+        spec_yaml: str | None = None,
+    ) -> str:
+        """Opens the parent run of this launch; returns its run id.
+
+        ``spec_yaml`` (the spec as launched) becomes the run's ``spec.yaml`` artifact.
+        """
         from mlflow.entities import Param
 
         experiment_id = self.experiment_id or self.prepare()
@@ -1049,6 +1157,13 @@ class StudyTracker:
             _retry(
                 "log the launch params",
                 lambda chunk=chunk: self.client.log_batch(self.parent_run_id, params=chunk),
+                deadline=self.deadline,
+            )
+        if spec_yaml is not None:
+            run_id = self.parent_run_id
+            _retry(
+                "log the spec",
+                lambda: self.client.log_text(run_id, spec_yaml, "spec.yaml"),
                 deadline=self.deadline,
             )
         return self.parent_run_id
@@ -1122,8 +1237,71 @@ class StudyTracker:
             count += 1
         return count
 
+    def agree(self, states: Mapping[tuple[str, int], str]) -> dict[tuple[str, int], str]:
+        """Makes each trial run say what its Optuna trial says; returns the run per trial.
+
+        ``states`` maps ``(optuna study, trial number)`` to the trial's final Optuna state.
+        A run whose ``nalu.state`` differs (a trial that Ctrl-C stopped: its worker ended the
+        run PRUNED, Optuna failed it) gets the Optuna state and the matching status (FAILED,
+        or KILLED if it was already ended so). Runs are found by their ``nalu.optuna_study``
+        and ``nalu.optuna_trial`` tags.
+        """
+        from mlflow.entities import RunTag, ViewType
+
+        experiment_id = self.experiment_id or self.prepare()
+        client = self.client
+        runs: list[Any] = []
+        token: str | None = None
+        while True:
+            page = _retry(
+                "list trial runs",
+                lambda token=token: client.search_runs(
+                    [experiment_id],
+                    filter_string=f"tags.`{ROLE_TAG}` = 'trial'",
+                    run_view_type=ViewType.ALL,
+                    max_results=1000,
+                    page_token=token,
+                ),
+                deadline=self.deadline,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        links: dict[tuple[str, int], str] = {}
+        for run in runs:
+            tags = run.data.tags
+            try:
+                where = (tags[OPTUNA_STUDY_TAG], int(tags[OPTUNA_TRIAL_TAG]))
+            except (KeyError, ValueError):
+                continue
+            state = states.get(where)
+            if state is None:
+                continue
+            links[where] = run.info.run_id
+            status = _STATE_TO_STATUS[state]
+            if run.info.status == "KILLED" and status == "FAILED":
+                status = "KILLED"
+            if tags.get(STATE_TAG) == state and run.info.status == status:
+                continue
+            run_id = run.info.run_id
+            _retry(
+                "settle a trial run's state",
+                lambda run_id=run_id, state=state: client.log_batch(
+                    run_id, tags=[RunTag(STATE_TAG, state)]
+                ),
+                deadline=self.deadline,
+            )
+            _retry(
+                "settle a trial run's status",
+                lambda run_id=run_id, status=status: client.set_terminated(run_id, status=status),
+                deadline=self.deadline,
+            )
+        return links
+
 
 __all__ = [
+    "MSE_FLOOR",
     "ROBUST_LOWER_BOUND",
     "StudyTracker",
     "TrackingError",
@@ -1131,6 +1309,7 @@ __all__ = [
     "config_params",
     "division_summary",
     "final_metrics",
+    "success_wording",
     "is_robust",
     "write_artifacts",
 ]

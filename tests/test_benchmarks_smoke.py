@@ -83,3 +83,34 @@ def test_bench_study_smoke(tmp_path: Path) -> None:
 def test_bench_dashboard_smoke() -> None:
     proc = _run("bench_dashboard.py", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("script", ["stream_statistics.py", "bench_evaluation.py", "full_cell.py"])
+def test_issue15_benchmarks_smoke(script: str) -> None:
+    extra = ("--device", "cpu") if script == "full_cell.py" else ()
+    proc = _run(script, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_measure_division_smoke(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "task: {name: static, op: div, options: {input_size: 2}}\n"
+        "model: {layers: [{unit: nmru}]}\n"
+        "train: {lr: 0.01, clip: norm, eval_every: 100}\n"
+    )
+    proc = _run("measure_division.py", "--config", str(config), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "table.md").read_text()
+    assert "| mistry_1_2 |" in table and "| mistry_1.1_1.2 |" in table
+    assert "**all 2 ranges**" in table and "NMRU 91.6%" in table
+    for preset in ("mistry_1_2", "mistry_1.1_1.2"):
+        data = json.loads((tmp_path / f"{preset}.json").read_text())
+        assert data["configuration"]["task"]["options"]["range_preset"] == preset
+        assert len(data["seeds"]) == 2 and data["steps"] == 200
+
+
+def test_collect_cells_smoke() -> None:
+    proc = _run("collect_cells.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| model | op | seeds |" in proc.stdout

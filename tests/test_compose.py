@@ -476,7 +476,10 @@ def scratch_postgres() -> Iterator[tuple[Path, int]]:
         sock.mkdir()
         for path in (Path(folder), sock):
             shutil.chown(path, "postgres")
-        init = ["initdb", "--no-sync", "-D", str(data), "-U", "postgres"]
+        # UTF8, as the postgres image creates its cluster (SQL_ASCII would hand text back
+        # as bytes to psycopg 3, which SQLAlchemy's version check cannot read)
+        init = ["initdb", "--no-sync", "-D", str(data), "-U", "postgres", "-E", "UTF8"]
+        init += ["--locale=C"]
         init += ["--auth-local=trust", "--auth-host=scram-sha-256"]
         result = _run_as("postgres", init)
         assert result.returncode == 0, result.stderr

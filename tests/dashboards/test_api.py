@@ -45,6 +45,7 @@ def test_leaderboard_ranks_by_success_rate_with_wilson_bounds(
     )
     assert best[0]["config"] == "lr=0.01"  # only what varies within the slice
     assert best[0]["mlflow_url"].startswith("http://mlflow.example:5000/#/experiments/")
+    assert best[0]["mlflow_url"].endswith("?workflowType=machine_learning")  # classic view
     page = client.get(f"/studies/{Q}/leaderboard", params={"op": "add"}).text
     assert "100% [81%, 100%]" in page  # 16/16 with Wilson bounds, as rendered
 

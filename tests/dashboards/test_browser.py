@@ -6,6 +6,7 @@ Screenshots go to <repo>/test-output/dashboards/ (gitignored).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -38,12 +39,13 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(real_study: RealStudy) -> Iterator[str]:
+@contextlib.contextmanager
+def live_server(uri: str) -> Iterator[str]:
+    """A uvicorn server of the dashboard on ``uri`` on a free loopback port; yields its URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    app = create_app(Dashboard(real_study.uri, ttl=60.0))
+    app = create_app(Dashboard(uri, ttl=60.0))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -51,20 +53,36 @@ def server(real_study: RealStudy) -> Iterator[str]:
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def page(server: str) -> Iterator[Any]:
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Any]:
+    """A Playwright page in Debian's chromium."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 1000})
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(real_study: RealStudy) -> Iterator[str]:
+    with live_server(real_study.uri) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator[Any]:
+    with chromium_page() as tab:
         yield tab
-        browser.close()
 
 
 def _plot(page: Any, div_id: str) -> Any:

@@ -49,10 +49,12 @@ def test_report_of_unknown_study_is_a_message_not_a_trace(
     assert "no study named 'nope'" in result.output and "Traceback" not in result.output
 
 
-def test_dashboard_needs_a_store() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "NALU_STUDY_TRACKING_URI"}
-    result = runner.invoke(app, ["dashboard"], env=env)
-    assert result.exit_code == 2 and "--tracking-uri" in result.output
+def test_dashboard_without_a_store_says_where_it_looked(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NALU_STUDY_")}
+    env["COLUMNS"] = "1000"  # one line: the message is not wrapped in a box
+    result = runner.invoke(app, ["dashboard", "--workdir", str(tmp_path / "empty")], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"no study store at {tmp_path / 'empty' / 'mlflow.db'}" in result.output
 
 
 @pytest.mark.integration
@@ -92,11 +94,42 @@ def test_dashboard_serves_on_loopback_by_default(store: StudyStore, tmp_path: Pa
         while time.monotonic() < deadline and not list(tmp_path.glob("snapshots/*.json")):
             time.sleep(0.1)
         assert list(tmp_path.glob("snapshots/*.json"))
-        listening = subprocess.run(
-            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=False
-        ).stdout
-        if listening:  # ss is there: the socket is bound to loopback only
-            assert listening.split()[3] == f"127.0.0.1:{port}"
+        # the socket is bound to loopback only (psutil reads /proc: no `ss` needed)
+        import psutil
+
+        bound = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
+        assert bound == {("127.0.0.1", port)}, bound
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_dashboard_serves_the_workdirs_store_and_reads_old_per_study_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashboards._cli import _legacy_note, _settings
+
+    for name in ("NALU_STUDY_TRACKING_URI", "NALU_STUDY_STORAGE", "NALU_STUDY_WORKDIR"):
+        monkeypatch.delenv(name, raising=False)
+    work = tmp_path / "work"
+    (work / "old").mkdir(parents=True)
+    for db in (work / "mlflow.db", work / "optuna.db", work / "old" / "mlflow.db"):
+        db.touch()
+    old = {"tracking_uri": f"sqlite:///{work / 'old' / 'mlflow.db'}", "storage": "sqlite:///x"}
+    (work / "old" / "study.json").write_text(json.dumps({"name": "old", "settings": old}))
+    # no --study: every study of the workdir, from its one store
+    uri, storage = _settings(None, tracking_uri=None, storage=None, workdir=work)
+    assert (
+        uri == f"sqlite:///{work / 'mlflow.db'}" and storage == f"sqlite:///{work / 'optuna.db'}"
+    )
+    # a study of the old layout: its own file (its missing optuna file is left out)
+    assert _settings("old", tracking_uri=None, storage=None, workdir=work) == (
+        old["tracking_uri"],
+        None,
+    )
+    note = _legacy_note(work, None)
+    assert note is not None and "--study old" in note and _legacy_note(work, "old") is None

@@ -14,7 +14,7 @@ from nalu_core import (
     TaskConfig,
     TrainConfig,
 )
-from nalu_core._trainer import _Schedule
+from nalu_core._registry import RegularizerSchedule
 
 
 def _config(unit: str = "nau", op: str = "add", *, depth: int = 1, **train: object) -> RunConfig:
@@ -111,7 +111,8 @@ def test_nau_learns_addition_and_the_result_is_json() -> None:
     result = trainer.result()
     assert result.success_rate == 1.0
     assert reports[-1].success == [True] * 4
-    assert result.threshold is not None and result.threshold < 1e-8
+    assert result.threshold is not None and result.threshold < 1e-6
+    assert result.threshold_rule == "mistry2022"
     assert all(s.solved_at is not None and s.solved_at <= 500 for s in result.seeds)
     assert result.metrics()["threshold"] == result.threshold
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
@@ -135,10 +136,12 @@ def test_a_replica_stops_when_solved_if_asked() -> None:
     reports = list(trainer.run())
     solved = [r.step for r in reports if all(r.success)]
     assert solved, "NAU should solve addition within 1000 steps"
-    assert (
-        reports[-1].interpolation_mse
-        == next(r for r in reports if r.step == solved[0]).interpolation_mse
-    )
+    # every replica frozen: the run ends at that evaluation instead of training on
+    assert solved == [reports[-1].step] and reports[-1].step < 1000
+    assert trainer.result().steps == trainer.step == solved[0]
+    # and without the flag it trains to the end
+    full = PopulationTrainer(_config(seeds=2, steps=1000, eval_every=250, lr=0.03))
+    assert list(full.run())[-1].step == 1000
 
 
 def test_division_reports_a_probe_per_denominator_decade() -> None:
@@ -184,12 +187,12 @@ def test_stalled_replicas_are_reinitialised() -> None:
 
 
 def test_regulariser_schedule_ramps_linearly() -> None:
-    schedule = _Schedule(0.01, 5000, 50000)
+    schedule = RegularizerSchedule(lambda_=0.01, start=5000, end=50000)
     assert schedule.weight(0) == 0.0
     assert schedule.weight(27500) == pytest.approx(0.005)
     assert schedule.weight(10**6) == 0.01
-    assert _Schedule(1.0, 10, 10).weight(9) == 0.0
-    assert _Schedule(1.0, 10, 10).weight(10) == 1.0
+    assert RegularizerSchedule(lambda_=1.0, start=10, end=10).weight(9) == 0.0
+    assert RegularizerSchedule(lambda_=1.0, start=10, end=10).weight(10) == 1.0
 
 
 @pytest.mark.gpu

@@ -61,7 +61,11 @@ def test_validate_exit_codes(tmp_path: Path) -> None:
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) >= 3, result.output
     assert all(str(bad) in line for line in errors)
-    for needle in ("'unit': unknown unit 'nalu9'", "'lr': inverted", "'gate': condition on"):
+    for needle in (
+        "parameters.unit: unknown unit 'nalu9'",
+        "parameters.lr: inverted",
+        "parameters.gate: condition on",
+    ):
         assert any(needle in line for line in errors), needle
     assert "Traceback" not in result.output
 

@@ -96,3 +96,20 @@ def test_train_writes_the_json_schema_with_flags_over_the_config(tmp_path: Path)
     assert len(data["success_ci"]) == 2
     assert len(data["division_probe"]["bins"]) == 6
     assert len(data["history"]) == 2
+
+
+def test_train_says_what_it_trains_in_its_first_line() -> None:
+    result = runner.invoke(app, ["train", "--steps", "20", "--seeds", "2", "--eval-every", "10"])
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith("training nau (depth 1, hidden 2) on static add"), first
+    assert "2 seeds x 20 steps, lr" in first and "defaults" not in first
+
+
+def test_train_with_no_arguments_names_its_defaults() -> None:
+    from study._cli_train import _load_config, describe
+
+    line = describe(_load_config(None), defaults=True)
+    assert (
+        line.startswith("training ") and "seeds x" in line and line.endswith("--help to choose]")
+    )

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from nalu_core import RunConfig
@@ -20,14 +23,52 @@ from tests.study.test_tracking import run_trial, small_config
 
 pytestmark = pytest.mark.slow
 
+SPACE = {
+    "name": "typed",
+    "parameters": {
+        "unit": ["nau", "nmu"],
+        "lr": {"type": "float", "low": 1e-3, "high": 0.2, "log": True},
+        "regularizer_lambda": {
+            "type": "float",
+            "low": 0.0,
+            "high": 0.1,
+            "condition": {"unit": ["nmu"]},
+        },
+    },
+}
+SPEC = {
+    "name": "exp",
+    "tasks": [{"name": "static", "ops": ["add", "sub"], "options": {"input_size": 2}}],
+    "training": {"seeds": 4, "steps": 300, "eval_every": 100},
+    "budget": {"num_samples": 2},
+    "pruner": {"name": "none"},
+}
+
 
 @pytest.fixture(scope="module")
 def trained(
     tmp_path_factory: pytest.TempPathFactory, sqlite_tracking_uri: Callable[[Path], str]
 ) -> dict[str, Any]:
-    """Study ``exp`` in ``<workdir>/exp``: add x {good, bad lr}, sub x {good}, one pruned."""
+    """Study ``exp`` in ``<workdir>``'s store: add x {good, bad lr}, sub x {good}, one pruned.
+
+    Its folder holds the spec as launched (whose space types the ``param.*`` columns) and the
+    workdir's Optuna storage holds the objective values told for it.
+    """
     workdir = tmp_path_factory.mktemp("workdir")
-    uri = sqlite_tracking_uri(workdir / "exp")
+    uri = sqlite_tracking_uri(workdir)
+    (workdir / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    (workdir / "exp").mkdir()
+    spec = {**SPEC, "space": str(workdir / "space.yaml")}
+    (workdir / "exp" / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (workdir / "exp" / "study.json").write_text(json.dumps({"name": "exp", "tasks": []}))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{workdir / 'optuna.db'}")
+    for key, values in {
+        "static-add": [0.25, 0.5, None, None],
+        "static-sub": [None, None, 0.75],
+    }.items():
+        ot = optuna.create_study(study_name=f"exp.{key}", storage=storage, direction="maximize")
+        for value in values:
+            ot.tell(ot.ask(), value, state=TrialState.FAIL if value is None else None)
     study = StudyTracker(uri, study_name="exp")
     experiment = study.prepare()
     parent = study.start_launch()
@@ -48,6 +89,15 @@ def trained(
 
 def invoke(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
+
+
+def export_all(trained: dict[str, Any], out: Path, *extra: str) -> Any:
+    """``export exp --all`` from the study's workdir, read back as an Arrow table."""
+    workdir = str(trained["workdir"])
+    res = invoke("export", "exp", "--all", "--format", "parquet", "--workdir", workdir, *extra,
+                 "--out", str(out))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return pq.read_table(out)
 
 
 def test_default_yaml_is_the_best_per_task_and_op(trained: dict[str, Any], tmp_path: Path) -> None:
@@ -102,20 +152,7 @@ def test_json_and_parquet_carry_the_evidence(trained: dict[str, Any], tmp_path: 
 
 
 def test_all_trials_parquet_schema(trained: dict[str, Any], tmp_path: Path) -> None:
-    out = tmp_path / "all.parquet"
-    res = invoke(
-        "export",
-        "exp",
-        "--all",
-        "--format",
-        "parquet",
-        "--tracking-uri",
-        trained["uri"],
-        "--out",
-        str(out),
-    )
-    assert res.exit_code == 0, res.output
-    table = pq.read_table(out)
+    table = export_all(trained, tmp_path / "all.parquet", "--tracking-uri", trained["uri"])
     assert table.num_rows == 4
     assert table.schema.names[: len(TRIAL_SCHEMA)] == TRIAL_SCHEMA.names
     for field in TRIAL_SCHEMA:
@@ -123,10 +160,40 @@ def test_all_trials_parquet_schema(trained: dict[str, Any], tmp_path: Path) -> N
     rows = {r["run_id"]: r for r in table.to_pylist()}
     pruned = rows[trained["pruned"]]
     assert pruned["state"] == "PRUNED" and pruned["status"] == "FINISHED"
+    assert pruned["trial_name"].endswith(" (pruned)")  # told apart in MLflow's runs list
     good = rows[trained["runs"][1]["run_id"]]
-    assert good["state"] == "COMPLETE" and good["param.lr"] == "0.1" and good["optuna_trial"] == 1
+    assert good["state"] == "COMPLETE" and good["param.lr"] == 0.1 and good["optuna_trial"] == 1
     assert good["metric.success_rate"] == trained["runs"][1]["result"].success_rate
     assert good["duration_s"] > 0 and good["node"] and good["robust"] is True
+    # the objective told to Optuna, and the Optuna study it belongs to
+    assert good["objective"] == 0.5 and good["optuna_study"] == "exp.static-add"
+    assert rows[trained["runs"][2]["run_id"]]["objective"] == 0.75
+    assert pruned["objective"] is None
+
+    # native types from the search space, the rest from the logged values
+    schema = table.schema
+    assert schema.field("param.lr").type == pa.float64()
+    assert schema.field("param.unit").type == pa.string()
+    assert schema.field("param.depth").type == pa.int64()
+    assert schema.field("param.reinit_stalled").type == pa.bool_()
+    # inactive conditional (nau has no regularizer here): a real null, typed as the space says
+    assert schema.field("param.regularizer_lambda").type == pa.float64()
+    assert table.column("param.regularizer_lambda").null_count == table.num_rows
+    assert good["param.unit"] == "nau" and good["param.depth"] == 1
+
+
+def test_trials_dataframe_is_the_same_table(trained: dict[str, Any], tmp_path: Path) -> None:
+    from study import trials_dataframe
+
+    table = export_all(trained, tmp_path / "all.parquet")
+    frame = trials_dataframe("exp", workdir=trained["workdir"])
+    assert list(frame.columns) == table.schema.names and len(frame) == table.num_rows
+    assert str(frame["param.lr"].dtype) == "float64"
+    assert (
+        str(frame["param.depth"].dtype) == "Int64" and str(frame["optuna_trial"].dtype) == "Int64"
+    )
+    assert frame["param.regularizer_lambda"].isna().all()
+    assert sorted(frame["objective"].dropna()) == [0.25, 0.5, 0.75]
 
 
 def test_bad_requests_exit_2_naming_the_problem(trained: dict[str, Any]) -> None:

@@ -477,6 +477,11 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
             {},
             "tracking_uri",
         ),
+        # valid as written: these reach launch(), which refuses them before writing anything
+        ({**good, "resources": {"cpus": 100}}, {}, {}, "resources.cpus"),  # the nodes have 8
+        ({**good, "resources": {"cpus": 1, "custom": {"tpu": 1}}}, {}, {}, "resources.custom.tpu"),
+        (good, {"--storage": "postgresql://u:pw-secret@127.0.0.1:1/x"}, {}, "storage"),
+        (good, {"--tracking-uri": "http://127.0.0.1:1"}, {}, "tracking_uri"),
     ]
     for i, (spec, changes, env, field) in enumerate(cases):
         path = tmp_path / f"bad-{i}.yaml"
@@ -486,7 +491,17 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
             args += [] if value is None else [option, value]
         result = CliRunner().invoke(app, args, env=env)
         assert result.exit_code == 2, (field, result.output)
-        assert field in result.output, (field, result.output)
+        assert f"error: {field}" in result.output or field in result.output, (field, result.output)
+        assert "Traceback" not in result.output and "pw-secret" not in result.output
+
+    # the same refusals from the Python API, past the command line's own checks
+    from study._errors import StudyError
+    from study._launch import launch
+
+    spec = parse_spec({**good, "resources": {"cpus": 100}}, base_dir=tmp_path)
+    settings = settings_for(spec, cluster, postgres_url, mlflow_server.uri, work)
+    with pytest.raises(StudyError, match="resources.cpus"):
+        launch(spec, settings, echo=lambda line: None)
 
     assert not work.exists()
     dsn = postgres_url.replace("postgresql+psycopg2://", "postgresql://")

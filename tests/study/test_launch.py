@@ -89,7 +89,7 @@ def test_resume_after_sigkill_finishes_the_budget_exactly(tmp_path: Path) -> Non
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(SPACE))
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
     workdir = tmp_path / "work"
-    storage = f"sqlite:///{workdir / 'killed' / 'optuna.db'}"
+    storage = f"sqlite:///{workdir / 'optuna.db'}"  # the workdir's one store
 
     driver = cli("launch", str(tmp_path / "spec.yaml"), workdir=workdir)
     running: list[optuna.trial.FrozenTrial] = []
@@ -259,3 +259,16 @@ def test_open_storage_survives_another_process_creating_the_tables(tmp_path: Pat
         assert proc.returncode == 0, err.decode()[-2000:]
     optuna.create_study(study_name="x", storage=open_storage(url))
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["x"]
+
+
+def test_progress_reads_done_x_of_n_with_an_eta() -> None:
+    from study._launch import _Progress
+
+    progress = _Progress(echo=print, scheduler=None, heartbeat=print, total=10)
+    assert progress.line(12.0).startswith("[    12s] done 0 of 10 (pruned 0, failed 0)")
+    assert "ETA -" in progress.line(12.0)  # nothing finished yet: no pace to go by
+    progress.done, progress.pruned = 3, 1  # 4 finished in 40 s: 6 left take about 60 s
+    assert "done 4 of 10 (pruned 1, failed 0) | running 0 | ETA 1m00s" in progress.line(40.0)
+    limited = _Progress(echo=print, scheduler=None, heartbeat=print, total=10, time_left=50.0)
+    limited.done = 4
+    assert "ETA 10s" in limited.line(40.0)  # the time limit ends it first

@@ -28,11 +28,13 @@ def test_precedence_is_cli_then_env_then_file_then_default(tmp_path: Path) -> No
     assert settings.workdir == tmp_path
 
 
-def test_defaults_are_sqlite_files_in_the_study_folder(tmp_path: Path) -> None:
+def test_defaults_are_one_sqlite_store_per_workdir(tmp_path: Path) -> None:
     settings = resolve_settings("demo", cli={"workdir": str(tmp_path)}, env={})
+    other = resolve_settings("other", cli={"workdir": str(tmp_path)}, env={})
     assert settings.ray_address is None
-    assert settings.storage == f"sqlite:///{tmp_path}/demo/optuna.db"
-    assert settings.tracking_uri == f"sqlite:///{tmp_path}/demo/mlflow.db"
+    assert settings.storage == f"sqlite:///{tmp_path}/optuna.db" == other.storage
+    assert settings.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db" == other.tracking_uri
+    assert settings.study_dir("demo") == tmp_path / "demo"
 
 
 @pytest.mark.parametrize(

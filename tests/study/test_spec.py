@@ -63,7 +63,15 @@ def test_valid_spec_expands_the_task_grid(base_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["quick", "arithmetic", "trask2018-mnist", "trask2018-translation"]
+    "name",
+    [
+        "quick",
+        "arithmetic",
+        "madsen2020",
+        "mistry2022-division",
+        "trask2018-mnist",
+        "trask2018-translation",
+    ],
 )
 def test_shipped_specs_load(name: str) -> None:
     assert name in shipped_specs()
@@ -96,6 +104,12 @@ def test_shipped_specs_load(name: str) -> None:
         ("resources.cpus", -1, "resources.cpus"),
         ("settings.storage", 3, "settings.storage"),
         ("settings.colour", "x", "settings.colour"),
+        ("training.ranges", ["mistry_1_2", "nowhere"], "training.ranges[1]"),
+        ("training.ranges", ["mistry_1_2", "mistry_1_2"], "training.ranges"),
+        ("training.ranges", "mistry_1_2", "training.ranges"),
+        ("sampler.enqueue", [{"unit": "nau"}], "sampler.enqueue[0]"),
+        ("sampler.enqueue", [{"unit": "nac_mul", "lr": 0.01}], "sampler.enqueue[0]"),
+        ("sampler.enqueue", {"unit": "nau"}, "sampler.enqueue"),
     ],
 )
 def test_malformed_spec_names_the_field(
@@ -158,3 +172,46 @@ def test_cli_missing_spec_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "no-such-spec" in result.output
     assert not (tmp_path / "w").exists()
+
+
+def test_shipped_reproduction_specs_keep_the_protocol() -> None:
+    madsen = load_spec("madsen2020")
+    assert madsen.task_keys() == ["static-add", "static-sub", "static-mul", "static-div"]
+    assert madsen.pruner.name == "none" and madsen.training.steps == 5_000_000
+    assert madsen.train_config().stop_when_solved
+    grid = madsen.sampler.options["search_space"]["published_row"]
+    assert len(grid) == madsen.budget.num_samples == 5
+    division = load_spec("mistry2022-division")
+    assert len(division.training.ranges) == 9 and division.training.seeds == 25
+    assert division.tasks[0].options == {"input_size": 2, "threshold_rule": "mistry2022"}
+    assert division.sampler.enqueue[0]["unit"] == "nmru"
+    assert division.sampler.enqueue[0]["sign_retrieval"] is True
+
+
+def test_cli_overrides_seeds_steps_and_any_key(tmp_path: Path) -> None:
+    """--seeds/--steps/--set reach the validated spec; a bad --set value exits 2, naming it."""
+    workdir = tmp_path / "work"
+    bad = CliRunner().invoke(
+        app,
+        [
+            "launch",
+            "madsen2020",
+            "--workdir",
+            str(workdir),
+            "--seeds",
+            "4",
+            "--set",
+            "budget.num_samples=x",
+        ],
+        catch_exceptions=False,
+    )
+    assert bad.exit_code == 2 and "budget.num_samples" in bad.output
+    assert not workdir.exists()
+    from study._cli_study import _set_overrides
+
+    overrides = _set_overrides(["tasks=[{name: static, ops: [mul]}]", "budget.time_limit=30m"])
+    spec = load_spec("madsen2020", overrides={**overrides, "training.seeds": 32})
+    assert spec.task_keys() == ["static-mul"] and spec.training.seeds == 32
+    assert spec.budget.time_limit == 1800.0
+    with pytest.raises(SpecError, match="KEY=YAML"):
+        _set_overrides(["nothing"])

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -144,24 +145,38 @@ def test_division_summary_reads_the_trainer_probe() -> None:
     }
     line = division_summary(probe)
     assert line is not None and "\n" not in line
-    assert line.startswith("fails near zero") and "1e-06..0.0001" in line
+    assert line.startswith("probe only: median MSE grows toward |den| 0")
+    assert "1e-06..0.0001" in line
+    # the verdict comes from the seeds in the extrapolation range, the probe apart
+    working = division_summary(probe, success_rate=0.62, success_ci=(0.45, 0.77))
+    assert working is not None and "fails" not in working
+    assert working.startswith("divides: 62% of seeds succeed in the extrapolation range")
+    assert "; probe only: median MSE grows toward |den| 0" in working
+    robust = division_summary(probe, success_rate=0.9, success_ci=(0.7, 0.97))
+    assert robust is not None and robust.startswith("divides robustly: 90%")
+    failing = division_summary(probe, success_rate=0.0, success_ci=(0.0, 0.1))
+    assert failing is not None and failing.startswith("fails in the extrapolation range")
     flat = {
         "bins": [
             {"lo": 1e-6, "hi": 1e-4, "mse_median": 1.0},
             {"lo": 1, "hi": 10, "mse_median": 1.0},
         ]
     }
-    assert division_summary(flat).startswith("stable")  # type: ignore[union-attr]
+    assert "flat across |den|" in division_summary(flat)  # type: ignore[operator]
     assert division_summary(None) is None
 
 
-def test_prepare_puts_store_and_artifacts_in_the_study_folder(study: StudyTracker) -> None:
+def test_prepare_puts_artifacts_next_to_the_store_one_folder_per_study(
+    study: StudyTracker,
+) -> None:
     db = Path(study.tracking_uri.removeprefix("sqlite:///"))
-    assert db.exists() and study.artifact_root == db.parent / "artifacts"
+    assert db.exists() and study.artifact_root == db.parent / "artifacts" / "demo"
     client = MlflowClient(study.tracking_uri)
     experiment = client.get_experiment_by_name("demo")
     assert experiment is not None and experiment.experiment_id == study.experiment_id
-    assert experiment.artifact_location == (db.parent / "artifacts").as_uri()
+    assert experiment.artifact_location == (db.parent / "artifacts" / "demo").as_uri()
+    # MLflow 3.x opens the classic runs view, not the GenAI one
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert study.prepare() == study.experiment_id  # idempotent
     parent = client.get_run(study.parent_run_id)  # type: ignore[arg-type]
     assert parent.data.tags["nalu.role"] == "launch" and parent.data.params["spec"] == "quick"
@@ -194,7 +209,13 @@ def test_trial_run_layout_metrics_and_artifacts(
         assert "solved_at_median" in metrics
 
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    expected = {"config.yaml", "seeds.parquet", "curves.png", "best_replica.safetensors"}
+    expected = {
+        "config.yaml",
+        "seeds.parquet",
+        "seeds.csv",
+        "curves.png",
+        "best_replica.safetensors",
+    }
     if op == "div":
         expected |= {"division_probe.json", "division_probe.png"}
         assert "|den|" in tags["division_summary"]
@@ -206,6 +227,9 @@ def test_trial_run_layout_metrics_and_artifacts(
     assert seeds.num_rows == 4 and seeds.column("success").to_pylist() == [
         s.success for s in result.seeds
     ]
+    twin = pa_csv.read_csv(local / "seeds.csv")  # the CSV the MLflow UI previews
+    assert twin.column_names == seeds.column_names
+    assert twin.column("seed").to_pylist() == seeds.column("seed").to_pylist()
     assert RunConfig.from_dict(yaml.safe_load((local / "config.yaml").read_text())) == config
     assert (local / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -298,3 +322,44 @@ def test_unreachable_server_never_blocks_and_drops_loudly() -> None:
         assert not tracker.finish("COMPLETE", timeout=0.5)
     assert any("undelivered after the final flush" in str(w.message) for w in caught)
     assert time.perf_counter() - start < 5
+
+
+def test_curves_and_probe_pngs_keep_solved_evaluations(tmp_path: Path) -> None:
+    """MSE 0 vanishes from a log axis: curves.png draws it at MSE_FLOOR with a marker, and
+    division_probe.png has a title and its axis labels inside the image."""
+    from types import SimpleNamespace
+
+    from study import MSE_FLOOR
+    from study._tracking import _curves_figure, _plot_curves, _plot_probe
+
+    out = Path(__file__).resolve().parents[2] / "test-output" / "study"
+    out.mkdir(parents=True, exist_ok=True)
+    history = [
+        {
+            "step": step,
+            "success_rate": rate,
+            "success_lower": rate / 2,
+            "success_upper": min(1.0, rate * 1.5 + 0.1),
+            **{
+                f"{split}_mse_{q}": mse * factor
+                for split in ("interpolation", "extrapolation")
+                for q, factor in (("median", 1.0), ("q25", 0.5), ("q75", 2.0))
+            },
+        }
+        for step, rate, mse in ((100, 0.0, 1e-1), (200, 0.5, 1e-4), (300, 1.0, 0.0))
+    ]
+    result = SimpleNamespace(history=history, threshold=1e-5)
+    _plot_curves(result, out / "curves-solved.png")  # type: ignore[arg-type]
+    solved = _curves_figure().solved["extrapolation"]
+    assert list(solved.get_xdata()) == [300] and list(solved.get_ydata()) == [MSE_FLOOR]
+    low, _ = _curves_figure().ax_mse.get_ylim()
+    assert low <= MSE_FLOOR  # the floored point is inside the axis
+    assert "MSE 0, drawn at 1e-12" in _curves_figure().ax_mse.get_title()
+    assert (out / "curves-solved.png").read_bytes()[:4] == b"\x89PNG"
+
+    points = [("1e-06..1e-4", 1e-5, 1e6), ("0.1..1", 0.3, 1e-3), ("1..10", 3.0, 0.0)]
+    _plot_probe(points, out / "division_probe.png", title="nalu on static div")
+    from matplotlib.image import imread
+
+    image = imread(out / "division_probe.png")  # (H, W, 4)
+    assert image.shape[1] > 350 and image.shape[0] > 250

@@ -131,6 +131,7 @@ def test_a_launch_on_a_server_keeps_artifacts_on_the_server(
     assert not (study_dir / "artifacts").exists()
     assert list(mlflow_server.artifacts_dir.rglob("note.txt"))
 
-    # the embedded default keeps them in the study folder
+    # the embedded default keeps them next to the workdir's store, one folder per study
     local = resolve_settings(spec.name, cli={"workdir": str(tmp_path / "work")}, env={})
-    assert _study_tracker(local, spec, study_dir).artifact_root == study_dir / "artifacts"
+    expected = local.workdir / "artifacts" / spec.name
+    assert _study_tracker(local, spec, study_dir).artifact_root == expected
