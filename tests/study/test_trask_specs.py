@@ -102,7 +102,7 @@ def test_shipped_spec_runs_tiny_through_launch(name: str, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     study = f"tiny-{name}"
-    uri = f"sqlite:///{work / study / 'mlflow.db'}"
+    uri = f"sqlite:///{work / 'mlflow.db'}"  # the workdir's store, one experiment per study
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(study)
     assert experiment is not None
