@@ -102,7 +102,7 @@ def test_shipped_spec_runs_tiny_through_launch(name: str, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     study = f"tiny-{name}"
-    uri = f"sqlite:///{work / study / 'mlflow.db'}"
+    uri = f"sqlite:///{work / 'mlflow.db'}"  # the workdir's store, one experiment per study
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(study)
     assert experiment is not None
@@ -126,7 +126,10 @@ def test_shipped_spec_runs_tiny_through_launch(name: str, tmp_path: Path) -> Non
         # the convergence verdict: a metric and a tag that agree
         assert metrics["converged"] in (0.0, 1.0)
         assert run.data.tags["converged"] == str(metrics["converged"] == 1.0).lower()
-        assert 0 <= metrics["train_mse_late_share"] <= 1
+        if "train_mse_late_share" in metrics:
+            assert 0 <= metrics["train_mse_late_share"] <= 1
+        else:  # NaN, left out: the curve started non-finite (a diverged seed), no verdict
+            assert metrics["converged"] == 0.0
 
     # the dashboard's leaderboard: every head, ranked by extrapolation MSE (success is 0)
     app = TestClient(create_app(Dashboard(uri, ttl=0.0)), raise_server_exceptions=False)
