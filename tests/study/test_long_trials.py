@@ -72,7 +72,7 @@ def _cli(*args: str) -> subprocess.Popen[str]:
 
 
 def _trials(work: Path) -> list[FrozenTrial]:
-    db = work / "long" / "optuna.db"
+    db = work / "optuna.db"  # the workdir's one Optuna storage
     if not db.exists():
         return []
     try:

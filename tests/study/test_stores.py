@@ -113,9 +113,11 @@ def test_two_launches_into_one_workdir_at_the_same_time(tmp_path: Path) -> None:
             study_name=summary.study_name, storage=f"sqlite:///{workdir / 'optuna.db'}"
         )
         assert [t.state for t in study.trials] == [TrialState.COMPLETE]
-    # each study folder keeps only its record, its spec, its Ray results
+    # each study folder keeps only its record, its spec, its Ray results (and the driver's
+    # lock file, which one launch or resume at a time holds)
     for name in ("alpha", "beta"):
         assert sorted(p.name for p in (workdir / name).iterdir()) == [
+            ".driver.lock",
             "ray",
             "spec.yaml",
             "study.json",
