@@ -1,3 +1,3 @@
-from study._cli import main
+from study.cli import main
 
 main()

@@ -345,7 +345,7 @@ def _cli_options() -> dict[str, set[str]]:
     """Each ``nalu-study`` command with its option names, plugins (the dashboard) included."""
     import typer
 
-    from study import _cli
+    from study.cli import _app as _cli
 
     if not any(c.name == "dashboard" for c in _cli.app.registered_commands):
         _cli._load_plugins()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from study._cli import _load_plugins, app
+from study.cli._app import _load_plugins, app
 from tests.dashboards.conftest import StudyStore
 
 _load_plugins()
@@ -62,7 +62,7 @@ def test_dashboard_serves_on_loopback_by_default(store: StudyStore, tmp_path: Pa
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    code = "from study._cli import main; main()"
+    code = "from study.cli import main; main()"
     cmd = [
         sys.executable,
         "-c",

@@ -33,7 +33,7 @@ from nalu_core import (
     TrainResult,
     build_network,
 )
-from study._cli import app
+from study.cli import app
 
 EPS_MADSEN = 1e-5
 EPS_MISTRY = 1e-4

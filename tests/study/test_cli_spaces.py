@@ -5,7 +5,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from search_spaces import SearchSpace, list_presets, load_space
-from study._cli import app
+from study.cli import app
 
 runner = CliRunner()
 

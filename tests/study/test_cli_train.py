@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nalu_core import ModelConfig, RunConfig, TaskConfig, TrainConfig
-from study._cli import app
+from study.cli import app
 
 runner = CliRunner()
 
@@ -107,7 +107,7 @@ def test_train_says_what_it_trains_in_its_first_line() -> None:
 
 
 def test_train_with_no_arguments_names_its_defaults() -> None:
-    from study._cli_train import _load_config, describe
+    from study.cli._train import _load_config, describe
 
     line = describe(_load_config(None), defaults=True)
     assert (

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from nalu_core import UNITS, LayerConfig, ModelConfig, RunConfig
-from study._cli import app
-from study._cli_train import build_run_config
+from study.cli import app
+from study.cli._train import build_run_config
 
 runner = CliRunner()
 

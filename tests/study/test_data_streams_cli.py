@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from study._cli import app
 from study._errors import SpecError
 from study._spec import parse_spec
+from study.cli import app
 
 runner = CliRunner()
 SPACE = {"name": "tiny", "tasks": ["static"], "parameters": {"unit": ["nau", "nmu"]}}

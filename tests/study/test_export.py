@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from nalu_core import RunConfig
-from study._cli import app
 from study._export import BEST_SCHEMA, TRIAL_SCHEMA
 from study._tracking import StudyTracker
+from study.cli import app
 from tests.study.test_tracking import run_trial, small_config
 
 pytestmark = pytest.mark.slow

@@ -431,7 +431,7 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(
     """
     import psycopg2
 
-    from study._cli import app
+    from study.cli import app
 
     good = spec_for("bad-input", tmp_path, steps=300, num_samples=1, max_concurrent=1)
     (tmp_path / "inverted.yaml").write_text(

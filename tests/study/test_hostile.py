@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from search_spaces._yaml import MAX_NODES, YamlTooLargeError, load_yaml
 from study import InvalidSpecError, SpecError, parse_spec, redact
-from study._cli import _load_plugins, app
 from study._export import safe_filename, write_export
 from study._studies import open_storage, study_status
+from study.cli._app import _load_plugins, app
 
 SPEC: dict[str, Any] = {
     "name": "hostile",

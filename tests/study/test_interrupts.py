@@ -188,7 +188,7 @@ def test_a_launch_failing_to_open_its_stores_is_not_left_running(
 ) -> None:
     from typer.testing import CliRunner
 
-    from study._cli import app
+    from study.cli import app
 
     spec = spec_for("no-tables", tmp_path, steps=200, num_samples=1, max_concurrent=1)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))

@@ -16,8 +16,8 @@ import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from study._cli import app
 from study._studies import open_storage
+from study.cli import app
 
 SPACE = {
     "name": "small",
@@ -224,7 +224,7 @@ def test_idle_after_last_start_counts_only_the_slots_left_without_work() -> None
 
 
 def test_overhead_line_reports_the_unused_tail_and_ray_start_apart() -> None:
-    from study._cli_study import overhead_line
+    from study.cli._study import overhead_line
 
     stats = {
         "trials": 10.0,

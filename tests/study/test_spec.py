@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from study._cli import app
 from study._errors import SpecError
 from study._spec import ObjectiveSpec, load_spec, parse_spec, shipped_specs
+from study.cli import app
 
 SPACE = {
     "name": "tiny",
@@ -208,7 +208,7 @@ def test_cli_overrides_seeds_steps_and_any_key(tmp_path: Path) -> None:
     )
     assert bad.exit_code == 2 and "budget.num_samples" in bad.output
     assert not workdir.exists()
-    from study._cli_study import _set_overrides
+    from study.cli._study import _set_overrides
 
     overrides = _set_overrides(["tasks=[{name: static, ops: [mul]}]", "budget.time_limit=30m"])
     spec = load_spec("madsen2020", overrides={**overrides, "training.seeds": 32})

@@ -17,7 +17,6 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from study._cli_output import EXIT_FAILED, EXIT_INVALID, fail
 from study._errors import SettingsError, SpecError, StudyError
 from study._settings import ANY_STUDY, Settings, redact, resolve_settings
 from study._spec import StudySpec, check_schedulable, load_spec, local_capacity
@@ -31,6 +30,7 @@ from study._studies import (
     read_record,
     study_status,
 )
+from study.cli._output import EXIT_FAILED, EXIT_INVALID, fail
 
 # the query that opens MLflow 3.x's classic runs view (see browse_lines)
 MLFLOW_CLASSIC_VIEW = "workflowType=machine_learning"

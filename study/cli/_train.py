@@ -27,8 +27,8 @@ from nalu_core import (
     get_unit,
 )
 from search_spaces._yaml import load_yaml
-from study._cli_output import check_output, fail, fail_with
 from study._errors import StudyError
+from study.cli._output import check_output, fail, fail_with
 
 # where a ConfigError's field comes from on the command line
 _FIELD_FLAGS: dict[str, str] = {

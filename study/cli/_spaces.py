@@ -15,7 +15,7 @@ from search_spaces import (
     preset_text,
 )
 from search_spaces._yaml import load_yaml
-from study._cli_output import fail
+from study.cli._output import fail
 
 spaces = typer.Typer(
     name="spaces",

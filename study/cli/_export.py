@@ -35,11 +35,11 @@ def export(
     The tracking URI comes from --tracking-uri, else NALU_STUDY_TRACKING_URI, else the one the
     study was launched with (study.json), else the embedded SQLite default."""
     from nalu_core import ConfigError
-    from study._cli_output import check_output, fail, fail_with
     from study._errors import StudyError
     from study._export import ExportFormat, default_out, study_context, write_export
     from study._settings import redact, resolve_settings
     from study._studies import sqlite_path
+    from study.cli._output import check_output, fail, fail_with
 
     # MLflow draws a progress bar per downloaded config.yaml; the output is the list of files.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,6 +1,6 @@
 """The ``nalu-study`` command line.
 
-Each command group lives in its own ``_cli_*`` module with a ``register(app)`` function.
+Each command group lives in its own module of :mod:`study.cli` with a ``register(app)`` function.
 Packages that build on :mod:`study` (the dashboards) add their commands through the
 ``nalu_study.commands`` entry-point group, so that dependencies keep pointing one way.
 """
@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from study import _cli_export, _cli_spaces, _cli_study, _cli_train, _cli_units
+from study.cli import _export, _spaces, _study, _train, _units
 
 app = typer.Typer(
     name="nalu-study",
@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_cli_train, _cli_units, _cli_spaces, _cli_study, _cli_export):
+for _module in (_train, _units, _spaces, _study, _export):
     _module.register(app)
 
 
