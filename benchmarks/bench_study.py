@@ -61,7 +61,7 @@ def component_costs(spec: Any) -> dict[str, float]:
     ``torch.optim.Adam`` imports ``torch._dynamo``): once per Ray actor, as actors are reused.
     """
     from nalu_core import ModelConfig, PopulationTrainer, RunConfig, TrainConfig
-    from study._launch import _save_state
+    from study._trainable import _save_state
 
     task = spec.tasks[0]
     train = TrainConfig(**spec.training.train_overrides())

@@ -3,7 +3,7 @@
 A :class:`RangeSweep` holds one :class:`PopulationTrainer` per range preset (the same seeds,
 the same configuration, only ``task.options.range_preset`` differs) and trains them in lockstep,
 one evaluation interval each per round. It offers the trainer interface that
-:class:`study._launch.NaluTrainable` uses (``run``, ``step``, ``history``, ``result``,
+:class:`study._trainable.NaluTrainable` uses (``run``, ``step``, ``history``, ``result``,
 ``state_dict``...), so a trial is a sweep or a single trainer alike. Its reports and result pool
 every replica of every range (success over 9 × 25 seeds), and add the per-range success rates
 as ``success_rate/<preset>``.
