@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -80,6 +81,11 @@ def test_metrics_survive_a_server_outage(
     result = trainer.result()
     tracker.log_result(result)
     assert tracker._delivery.pending_count() > 0  # held back, not lost
+    # Restart only once delivery has met the outage: it gathers evaluations for 5 s between
+    # tries, so a quick restart could otherwise fall inside one gathering window, untried.
+    deadline = time.monotonic() + 60
+    while tracker._delivery.failures == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
     mlflow_server.start()
     assert tracker.finish("COMPLETE", timeout=60)
     assert tracker._delivery.failures > 0 and tracker.dropped == 0
