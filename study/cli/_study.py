@@ -176,6 +176,7 @@ def _run(
             ),
         ),
         highlight=False,
+        markup=False,  # the lines hold [ui] and other brackets that are not rich markup
         soft_wrap=True,
     )
 
