@@ -30,7 +30,10 @@ def collect(study: str, workdir: Path, out: Path) -> list[dict[str, Any]]:
     folder = workdir / study
     record = json.loads((folder / "study.json").read_text())
     commands = [" ".join(["nalu-study", *launch["argv"]]) for launch in record["launches"]]
-    storage = f"sqlite:///{folder / 'optuna.db'}"
+    # one Optuna storage per workdir (study/_stores.py); a study folder of an older layout
+    # kept its own
+    db = workdir / "optuna.db" if (workdir / "optuna.db").exists() else folder / "optuna.db"
+    storage = f"sqlite:///{db}"
     cells = []
     for key in record["tasks"]:
         try:

@@ -368,14 +368,15 @@ class MlflowSource:
         self._roots.update((t.run_id, t.artifact_uri) for t in trials)
         snapshots = self.snapshots
         if snapshots is not None:  # off the page's path: ~0.2 s for 10,000 trials
-            self.last_save = threading.Thread(
+            save = threading.Thread(
                 target=snapshots.save,
                 args=(exp.experiment_id, trials),
                 kwargs={"stamp": stamp},
                 daemon=True,
                 name="dashboard-snapshot",
             )
-            self.last_save.start()
+            save.start()  # published only once started: a reader may join it at any moment
+            self.last_save = save
         return trials
 
     def trial(self, run_id: str) -> tuple[Trial, str]:

@@ -26,7 +26,7 @@ def _cells() -> list[Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", _cells()[:1], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", _cells(), ids=lambda p: p.stem)
 def test_seed0_replays_the_recorded_history(path: Path) -> None:
     """Asserts: every recorded evaluation of seed 0 up to 20k steps is reproduced, and seed 0
     is solved at the recorded step.
