@@ -355,6 +355,47 @@ def _hash_into(
     out.copy_(torch.mul(z & 0xFFFFFF, scale) + lo)
 
 
+def _hashed_subset_sums(
+    rows: Tensor,
+    starts: Tensor,
+    low: Tensor,
+    high: Tensor,
+    scale: float,
+    lo: float,
+    size: int,
+    shift: int,
+) -> tuple[Tensor, Tensor]:
+    """Replica p's two subset sums of each row of its counter draw, hashed afresh from the
+    element positions instead of read back: a over inputs ``starts[p] .. + size``, b over
+    ``starts[p] + shift .. + size``, each (P, B, 1). ``rows`` (1, B, 1) is b·in, ``starts``,
+    ``low``, ``high`` are (P, 1, 1) int32.
+
+    Each sum adds its inputs one by one from the first. That is how the GEMM ``x @ masks`` of
+    the plain path sums them on this CPU (its 0/1 masks multiply exactly and the kernel walks
+    K in order), so the targets are the same bits (tests/nalu_core/test_data_streams.py); the
+    GEMM reads all of the (P, B, in) batch for two numbers a row, this touches no memory."""
+    base = rows + starts  # (P, B, 1)
+
+    def value(position: Tensor) -> Tensor:
+        z = (_mix32(position) ^ low) + high
+        return (_mix32(z) & 0xFFFFFF) * scale + lo
+
+    a, b = value(base), value(base + shift)
+    for j in range(1, size):
+        a = a + value(base + j)
+        b = b + value(base + (shift + j))
+    return a, b
+
+
+def _mix32(z: Tensor) -> Tensor:
+    """lowbias32 out of place (for compiled kernels; see :func:`_mix32_`)."""
+    z = z ^ ((z >> 16) & 0xFFFF)
+    z = z * _MIX32_1
+    z = z ^ ((z >> 15) & 0x1FFFF)
+    z = z * _MIX32_2
+    return z ^ ((z >> 16) & 0xFFFF)
+
+
 def fused_sampler_enabled(elements: int, *, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`counter_uniform` takes the compiled pass for a draw of this size."""
     return _fused.enabled("sampler", elements, device=device, dtype=dtype)
@@ -500,6 +541,18 @@ def subset_offset(input_size: int, span: int, *, seed: int) -> int:
     """The first input of a ``span``-wide block of subsets, uniform over the fits."""
     gen = torch.Generator().manual_seed(seed)
     return int(torch.randint(0, input_size - span + 1, (1,), generator=gen))
+
+
+@functools.lru_cache(maxsize=64)
+def _replica_starts(offsets: tuple[int, ...], device: torch.device) -> Tensor:
+    """Each replica's first subset input, (P, 1, 1) int32."""
+    return torch.tensor(offsets, dtype=torch.int32, device=device).view(-1, 1, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_starts(batch: int, n_in: int, device: torch.device) -> Tensor:
+    """The counter position of each row's first input, b·in: (1, B, 1) int32."""
+    return (torch.arange(batch, dtype=torch.int32, device=device) * n_in).view(1, batch, 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -700,7 +753,12 @@ class StaticArithmetic(Task):
         bound, from ``x (P, B, in)`` or a shared ``x (N, in)``."""
         if self.replica_offsets is None:
             return _subset_sum(x, self.a_slice), _subset_sum(x, self.b_slice)
-        key = (
+        ab = x @ _subset_masks(*self._mask_key(x))  # (P, B, 2); (N, in) broadcasts (P, N, 2)
+        return ab[..., 0:1], ab[..., 1:2]
+
+    def _mask_key(self, x: Tensor) -> tuple[Any, ...]:
+        assert self.replica_offsets is not None
+        return (
             self.replica_offsets,
             self.subset_size,
             self.shared_size,
@@ -708,20 +766,25 @@ class StaticArithmetic(Task):
             x.device,
             x.dtype,
         )
-        P, groups = len(self.replica_offsets), x.shape[0]
-        if x.dim() == 3 and groups != P:
-            # x (G, B, in) shared by groups of P/G replicas (TrainConfig.data_streams): one
-            # GEMM per group against its replicas' masks side by side
-            size, B = P // groups, x.shape[1]
-            ab = torch.bmm(x, _subset_masks(*key, groups))  # (G, B, P/G·2)
-            ab = ab.view(groups, B, size, 2).transpose(1, 2).reshape(P, B, 2)
-        else:
-            ab = x @ _subset_masks(*key)  # (P, B, 2); a shared (N, in) broadcasts (P, N, 2)
-        return ab[..., 0:1], ab[..., 1:2]
 
     def _target(self, x: Tensor) -> Tensor:
+        offsets = self.replica_offsets
+        if offsets is not None and x.dim() == 3 and x.shape[0] != len(offsets):
+            return self._grouped_target(x)
         a, b = self._subset_sums(x)  # (..., 1), (..., 1)
         return STATIC_OPS[self.op](a, b)
+
+    def _grouped_target(self, x: Tensor) -> Tensor:
+        """Every replica's own targets (P, B, 1) of its group's batch ``x (G, B, in)``
+        (TrainConfig.data_streams): one GEMM per group against its replicas' masks side by
+        side, the op on the (G, B, P/G) sums, then one copy that puts replicas first (the
+        sums themselves stay those of ``x @ masks``, bit for bit)."""
+        assert self.replica_offsets is not None
+        P, (groups, B, _) = len(self.replica_offsets), x.shape
+        masks = _subset_masks(*self._mask_key(x), groups)  # (G, in, P/G·2)
+        ab = torch.bmm(x, masks).view(groups, B, P // groups, 2)
+        t = STATIC_OPS[self.op](ab[..., 0], ab[..., 1])  # (G, B, P/G)
+        return t.transpose(1, 2).reshape(P, B, 1)
 
     def sample(
         self, generators: list[torch.Generator], batch_size: int, *, dtype: torch.dtype
@@ -753,9 +816,40 @@ class StaticArithmetic(Task):
             x = counter_uniform(seeds, step, n, dtype=dtype, out=out)
             x = uniform_to_ranges(x, self.interpolation)
         x = x.view(P, batch_size, self.input_size)  # (P, B, in)
+        fused = self._fused_target(seeds, step, x)
+        if fused is not None:
+            return x, fused
         # (P, B, 1); bound to per-replica subsets with fewer seeds than replicas (one per
         # group of replicas): every replica's own targets of its group's x, (replicas, B, 1)
         return x, self._target(x)
+
+    def _fused_target(self, seeds: Tensor, step: int, x: Tensor) -> Tensor | None:
+        """The targets of one stream per replica's draw ``x (P, B, in)`` from its counter
+        hash (:func:`_hashed_subset_sums`), when the fused sampler drew it; else None."""
+        offsets = self.replica_offsets
+        if offsets is None or len(offsets) != seeds.shape[0] or len(self.interpolation) != 1:
+            return None
+        if not fused_sampler_enabled(x.numel(), device=x.device, dtype=x.dtype):
+            return None
+        lo, hi = self.interpolation[0]
+        low, high = counter_keys(seeds, step)  # (P, 1)
+        P, B, n_in = x.shape
+        done, sums = _fused.run(
+            "subset_sums",
+            _hashed_subset_sums,
+            _row_starts(B, n_in, x.device),
+            _replica_starts(offsets, x.device),
+            low.view(P, 1, 1),
+            high.view(P, 1, 1),
+            (hi - lo) * 2.0**-24,
+            lo,
+            self.subset_size,
+            self.subset_size - self.shared_size,
+        )
+        if not done:
+            return None
+        a, b = sums
+        return STATIC_OPS[self.op](a, b)  # (P, B, 1)
 
     def evaluation_sets(
         self, generator: torch.Generator, n: int, *, dtype: torch.dtype

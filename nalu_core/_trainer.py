@@ -288,6 +288,12 @@ class PopulationTrainer:
         )
         self.network.reset_parameters(self.init_generators)
         self._grouped_input = bool(getattr(self.network, "accepts_groups", False))
+        if self.groups < P:
+            # shared streams are not pinned to the reference layout's numbers (see
+            # nalu_core._units.PopulationModule.batch_major)
+            for module in self.network.modules():  # type: ignore[attr-defined]
+                if hasattr(module, "batch_major"):
+                    module.batch_major = True
         self.params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = self._build_optimizer()
         self.schedules = _schedules(config)
@@ -451,13 +457,13 @@ class PopulationTrainer:
         bad = torch.zeros(self.population, dtype=torch.bool, device=self.device)
         for p in self.params:
             if p.grad is not None:
-                bad |= ~torch.isfinite(p.grad).flatten(1).all(1)
+                bad |= _nonfinite_rows(p.grad)
         return bad
 
     def _nonfinite_params(self) -> Tensor:
         bad = torch.zeros(self.population, dtype=torch.bool, device=self.device)
         for p in self.params:
-            bad |= ~torch.isfinite(p).flatten(1).all(1)
+            bad |= _nonfinite_rows(p)
         return bad
 
     def _mask_grads(self, skip: Tensor) -> None:
@@ -756,6 +762,16 @@ class PopulationTrainer:
         self.train_seconds = float(state["train_seconds"])
         self.baseline = dict(state["baseline"])
         self.history = [dict(h) for h in state["history"]]
+
+
+def _nonfinite_rows(t: Tensor) -> Tensor:
+    """Replicas (P,) of ``t (P, ...)`` holding a NaN or an infinity.
+
+    0·v is 0 for a finite v and NaN otherwise, so a row's sum of them is NaN exactly when
+    the row has a non-finite entry (never a finite overflow): two passes over the row where
+    ``isfinite(t).all()`` takes four (abs, two compares, the reduction over bools)."""
+    with torch.no_grad():
+        return torch.isnan(t.detach().flatten(1).mul(0).sum(1))
 
 
 def _interval_metrics(

@@ -115,6 +115,8 @@ def _xavier_bound(fan_in: int, fan_out: int) -> float:
 # Up to this many inputs, _matmul multiplies and adds whole (P, out, B) planes: bmm costs
 # microseconds per (B, in) @ (in, out) product, so thousands of tiny ones are slower.
 _BROADCAST_MAX_IN = 2
+# Up to this many inputs an NMU with ``batch_major`` takes _NarrowProduct (one plane per input).
+_NARROW_PRODUCT_MAX_IN = 8
 
 
 class _NarrowMatmul(torch.autograd.Function):
@@ -145,6 +147,44 @@ class _NarrowMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # dW[:, o, i] = sum_b g[:, o, b] x[:, i, b]
             dw = torch.stack([(gt * xt[:, i : i + 1]).sum(-1) for i in range(xt.shape[1])], -1)
+        return dx, dw
+
+
+class _NarrowProduct(torch.autograd.Function):
+    """NMU product z_j = prod_i (W_ji x_i + 1 - W_ji) for a handful of inputs on the
+    transposed planes x^T (P, in, B), as :class:`_NarrowMatmul`: every op runs along the
+    contiguous batch dim, where the (P, B, out, in) terms of :func:`_product` run along a
+    dim of size ``in``. Backward uses the products of the other terms (no division)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:
+        xt = x.transpose(1, 2)  # (P, in, B)
+        terms = [
+            torch.addcmul(1 - weight[:, :, i : i + 1], weight[:, :, i : i + 1], xt[:, i : i + 1])
+            for i in range(xt.shape[1])
+        ]  # in x (P, out, B)
+        z = terms[0]
+        for term in terms[1:]:
+            z = z * term
+        ctx.save_for_backward(xt, weight, *terms)
+        return z.transpose(1, 2)  # (P, B, out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        xt, weight, *terms = ctx.saved_tensors
+        gt = grad.transpose(1, 2)  # (P, out, B)
+        dws, dxs = [], []
+        for i in range(len(terms)):
+            others = [t for j, t in enumerate(terms) if j != i]
+            g = gt
+            for t in others:
+                g = g * t  # (P, out, B)
+            if ctx.needs_input_grad[1]:
+                dws.append((g * (xt[:, i : i + 1] - 1)).sum(-1))  # (P, out)
+            if ctx.needs_input_grad[0]:
+                dxs.append((g * weight[:, :, i : i + 1]).sum(1, keepdim=True))  # (P, 1, B)
+        dx = torch.cat(dxs, 1).transpose(1, 2) if dxs else None  # (P, B, in)
+        dw = torch.stack(dws, -1) if dws else None  # (P, out, in)
         return dx, dw
 
 
@@ -182,6 +222,42 @@ def _matmul(x: Tensor, weight: Tensor) -> Tensor:
         # (measured at 100 -> 2), and the transposed result suits a narrow next layer
         return torch.bmm(weight, x.transpose(1, 2)).transpose(1, 2)
     return torch.bmm(x, weight.transpose(1, 2))
+
+
+def log_abs(
+    x: Tensor, epsilon: float, *, scratch: dict[str, Tensor], clip: bool = False
+) -> Tensor:
+    """log(|x| + ε), or log(max(|x|, ε)) with ``clip``, of the same shape as x.
+
+    For an input that needs no gradient (the data batch of a first layer) the three passes run
+    in place in a buffer kept in ``scratch`` across steps: the same kernels, so the same bits,
+    without three fresh (P, B, in) temporaries a step (at P = 1024 and 100 inputs each is
+    52 MB that glibc maps anew, and their page faults cost 5x the arithmetic: 42 ms against
+    8 ms). A graph still holding last step's buffer fails loudly on backward (autograd's
+    version counter), it cannot read overwritten numbers.
+    """
+    if x.requires_grad:
+        if clip:
+            return torch.log(x.abs().clamp_min(epsilon))
+        return torch.log(x.abs() + epsilon)
+    buf = scratch.get("log_abs")
+    if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
+        buf = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        scratch["log_abs"] = buf
+    torch.abs(x, out=buf)
+    if clip:
+        buf.clamp_min_(epsilon)
+    else:
+        buf.add_(epsilon)
+    return buf.log_()
+
+
+def _stackable(x: Tensor, out: int) -> bool:
+    """Whether two (P, out, in) weights on ``x`` can share one :func:`_matmul` GEMM with the
+    numbers of two: the data batch (no gradient, so no change in how x's gradient sums up)
+    in the W @ x^T form, which the stacked weight keeps (2·out < in)."""
+    n_in = x.shape[-1]
+    return not x.requires_grad and x.dim() == 3 and n_in > _BROADCAST_MAX_IN and 2 * out < n_in
 
 
 def _r_sparse(weight: Tensor) -> Tensor:
@@ -267,10 +343,18 @@ class PopulationModule(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.population = population
+        # per-module buffers reused across steps (see log_abs); never part of the state
+        self._scratch: dict[str, Tensor] = {}
         self._factory: dict[str, Any] = {
             "device": torch.device(device) if device is not None else None,
             "dtype": resolve_dtype(dtype) if dtype is not None else torch.get_default_dtype(),
         }
+
+    # Kernels laid out along the batch dim where they exist (NMU's narrow product): the same
+    # maths with another float rounding. Off by default, so that one stream per seed keeps the
+    # reference layout's numbers bit for bit; the trainer turns it on for shared data streams
+    # (G < P), whose numbers no earlier run pinned.
+    batch_major: bool = False
 
     def _parameter(self, *shape: int) -> nn.Parameter:
         return nn.Parameter(torch.empty(self.population, *shape, **self._factory))
@@ -351,7 +435,8 @@ class NAC(PopulationModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.op == "add":
             return _matmul(x, self.weight())
-        return torch.exp(_matmul(torch.log(x.abs() + self.epsilon), self.weight()))
+        log_x = log_abs(x, self.epsilon, scratch=self._scratch)  # (G|P, B, in)
+        return torch.exp(_matmul(log_x, self.weight()))
 
     def regularization(self) -> Tensor:
         return _r_sparse(self.weight())
@@ -443,9 +528,19 @@ class NALU(PopulationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         w_add, w_mul = self.weights()
-        a = _matmul(x, w_add)  # (P, B, out)
-        m = torch.exp(_matmul(torch.log(x.abs() + self.epsilon), w_mul))  # (P, B, out)
-        g = self.gate_values(x)
+        if self.gate == "input" and _stackable(x, self.out_features):
+            # W and G read the same x: one GEMM over their stacked rows (the same numbers)
+            out = self.out_features
+            both = _matmul(x, torch.cat([w_add, self.G], dim=1))  # (P, B, 2·out)
+            a, logits = both[..., :out], both[..., out:]
+            if self.gate_b is not None:
+                logits = logits + self.gate_b.unsqueeze(1)
+            g = torch.sigmoid(logits)
+        else:
+            a = _matmul(x, w_add)  # (P, B, out)
+            g = self.gate_values(x)
+        log_x = log_abs(x, self.epsilon, scratch=self._scratch)  # (G|P, B, in)
+        m = torch.exp(_matmul(log_x, w_mul))  # (P, B, out)
         return g * a + (1 - g) * m
 
     def regularization(self) -> Tensor:
@@ -527,6 +622,10 @@ class NMU(PopulationModule):
         _fill_(self.W, generators, "uniform", 0.25, 0.75)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.batch_major and x.dim() == 3 and x.shape[0] == self.population:
+            if x.shape[-1] <= _NARROW_PRODUCT_MAX_IN:
+                y: Tensor = _NarrowProduct.apply(x, self.W)  # type: ignore[no-untyped-call]
+                return y
         return _product(x, self.W)
 
     def regularization(self) -> Tensor:
@@ -616,7 +715,7 @@ class INALU(PopulationModule):
     def forward(self, x: Tensor) -> Tensor:
         w_add, w_mul = self.weights()
         a = _matmul(x, w_add)  # (P, B, out)
-        log_x = torch.log(x.abs().clamp_min(self.epsilon))
+        log_x = log_abs(x, self.epsilon, scratch=self._scratch, clip=True)
         m = torch.exp(_matmul(log_x, w_mul).clamp_max(self.max_exponent))  # (P, B, out)
         # sign recovery: an input with |W| = 1 contributes its sign, |W| = 0 contributes +1
         w_abs = w_mul.abs().unsqueeze(1)  # (P, 1, out, in)

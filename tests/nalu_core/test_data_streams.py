@@ -234,6 +234,44 @@ def test_sample_at_is_the_same_with_the_fused_sampler(monkeypatch: pytest.Monkey
     assert torch.equal(plain[0], fused[0]) and torch.equal(plain[1], fused[1])
 
 
+# a fallback to the plain path would pass unnoticed (other warnings of the compiler are not ours)
+@pytest.mark.filterwarnings("error:fused kernel:UserWarning")
+@pytest.mark.parametrize(
+    ("op", "input_size", "interval", "seeds"),
+    [
+        ("mul", 100, "1,2", 64),
+        ("sub", 100, "-2,2", 16),
+        ("add", 10, "0.1,0.2", 8),
+        ("div", 2, "1,2", 5),
+        ("mul", 100, "-2,-1;1,2", 4),  # two ranges: the plain targets (no fused sums)
+    ],
+)
+def test_targets_from_the_hashed_subset_sums_are_the_gemm_targets_bit_for_bit(
+    op: str, input_size: int, interval: str, seeds: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At G = P the fused sampler hashes each replica's subset sums again from the counter
+    positions (no read of the batch); they must be the plain path's ``x @ masks`` targets."""
+    from nalu_core._tasks import build_task, parse_ranges
+
+    config = TaskConfig(
+        name="static",
+        op=op,
+        options={"input_size": input_size, "interpolation": interval},
+    )
+    task = build_task(config).for_replicas(list(range(seeds)))
+    ids = torch.arange(seeds, dtype=torch.int64) * 31 + 7
+    plain_x, plain_t = task.sample_at(ids, 5, 128, dtype=torch.float32)
+    monkeypatch.setenv("NALU_FUSED_SAMPLER", "1")
+    for step in (5, 77_777):
+        x, t = task.sample_at(ids, step, 128, dtype=torch.float32)
+        expected = task._target(x)  # type: ignore[attr-defined]
+        assert torch.equal(t, expected), step
+        if step == 5:
+            assert torch.equal(x, plain_x) and torch.equal(t, plain_t)
+    if len(parse_ranges(interval, field="interval")) == 1:  # the fused sums ran, and held
+        assert "subset_sums" in _fused._kernels and _fused.is_available("subset_sums")
+
+
 def test_intra_group_correlation() -> None:
     # groups that all succeed or all fail: perfectly correlated
     assert intra_group_correlation([True, True, False, False, True, True], 3) == pytest.approx(1.0)

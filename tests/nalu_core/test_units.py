@@ -382,3 +382,46 @@ def test_madsen_nac_init_matches_the_target_variance(fan_in: int, fan_out: int) 
     layer.reset_parameters([torch.Generator().manual_seed(i) for i in range(400)])
     target = 2.0 / max(fan_in + fan_out, 5)  # stable-nalu floors the fan at 5
     assert layer.weight().var().item() == pytest.approx(target, rel=0.05)
+
+
+@pytest.mark.parametrize(("n_in", "out"), [(1, 1), (2, 1), (3, 2), (8, 3)])
+def test_batch_major_nmu_is_the_reference_product_with_its_gradients(n_in: int, out: int) -> None:
+    """The NMU's ``batch_major`` kernel (shared data streams) against the (P, B, out, in)
+    product: the same outputs and gradients up to rounding, in float64 and in float32, and
+    torch's gradcheck of its hand-written backward."""
+    from nalu_core._units import _NarrowProduct, _product
+
+    gen = torch.Generator().manual_seed(n_in * 10 + out)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        xt = (torch.rand(3, n_in, 16, generator=gen, dtype=dtype) * 4 - 2).requires_grad_()
+        w = torch.rand(3, out, n_in, generator=gen, dtype=dtype).requires_grad_()
+        x = xt.transpose(1, 2)  # (P, B, in) as a layer's transposed output hands it on
+        y_ref = _product(x, w)
+        (gx_ref, gw_ref) = torch.autograd.grad(y_ref.pow(2).sum(), (xt, w))
+        y = _NarrowProduct.apply(x, w)
+        (gx, gw) = torch.autograd.grad(y.pow(2).sum(), (xt, w))
+        torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(gx, gx_ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(gw, gw_ref, rtol=tol, atol=tol)
+    xt = torch.rand(2, n_in, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, out, n_in, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: _NarrowProduct.apply(a.transpose(1, 2), b), (xt, w)
+    )
+
+
+def test_the_trainer_turns_batch_major_on_for_shared_streams_only() -> None:
+    from nalu_core import LayerConfig, ModelConfig, PopulationTrainer, RunConfig, TaskConfig
+    from nalu_core import TrainConfig
+
+    def flags(streams: int | None) -> set[bool]:
+        config = RunConfig(
+            task=TaskConfig(name="static", op="mul", options={"input_size": 10}),
+            model=ModelConfig(layers=(LayerConfig(unit="nau"), LayerConfig(unit="nmu"))),
+            train=TrainConfig(seeds=4, steps=1, eval_samples=100, data_streams=streams),
+        )
+        network = PopulationTrainer(config).network
+        return {m.batch_major for m in network.modules() if isinstance(m, PopulationModule)}
+
+    assert flags(None) == {False} and flags(4) == {False}  # G = P: the reference layout
+    assert flags(2) == {True}
