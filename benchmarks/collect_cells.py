@@ -26,7 +26,7 @@ from nalu_core import PUBLISHED_ROWS, wilson_interval
 _OPS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
 
 
-def collect(study: str, workdir: Path, out: Path) -> list[dict[str, Any]]:
+def collect(study: str, workdir: Path, out: Path, *, partial: bool = False) -> list[dict[str, Any]]:
     folder = workdir / study
     record = json.loads((folder / "study.json").read_text())
     commands = [" ".join(["nalu-study", *launch["argv"]]) for launch in record["launches"]]
@@ -40,11 +40,19 @@ def collect(study: str, workdir: Path, out: Path) -> list[dict[str, Any]]:
             ot = optuna.load_study(study_name=f"{study}.{key}", storage=storage)
         except KeyError:
             continue
-        for trial in ot.get_trials(states=(TrialState.COMPLETE,)):
-            path = Path(trial.user_attrs["checkpoint_dir"]) / "cell.json"
-            if not path.exists():
+        states = (TrialState.COMPLETE, TrialState.RUNNING) if partial else (TrialState.COMPLETE,)
+        for trial in ot.get_trials(states=states):
+            if "checkpoint_dir" not in trial.user_attrs:
                 continue
-            cell = json.loads(path.read_text())
+            folder = Path(trial.user_attrs["checkpoint_dir"])
+            if trial.state == TrialState.COMPLETE:
+                if not (folder / "cell.json").exists():
+                    continue
+                cell = json.loads((folder / "cell.json").read_text())
+            else:
+                cell = _partial_cell(folder / "trainer.pt")
+                if cell is None:
+                    continue
             row = str(trial.params["published_row"])
             op = cell["configuration"]["task"]["op"]
             cell |= {"study": study, "row": row, "op": op, "commands": commands}
@@ -53,6 +61,39 @@ def collect(study: str, workdir: Path, out: Path) -> list[dict[str, Any]]:
             target.write_text(json.dumps(cell, indent=1) + "\n")
             cells.append(cell)
     return cells
+
+
+def _partial_cell(checkpoint: Path) -> dict[str, Any] | None:
+    """A running trial's cell as of its last checkpoint: the trainer restored from it, and
+    its result at that step (``partial`` true; a later collect replaces it)."""
+    import math
+
+    import torch
+
+    from nalu_core import PopulationTrainer, RunConfig
+
+    if not checkpoint.exists():
+        return None
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")  # tensors only
+    trainer = PopulationTrainer(RunConfig.from_dict(state["config"]))
+    trainer.load_state_dict(state)
+    result = trainer.result()
+
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    return {
+        "schema": "nalu-study/cell/1",
+        "partial": True,
+        "configuration": result.config.to_dict(),
+        "steps": int(result.steps),
+        "train_seconds": float(result.train_seconds),
+        "metrics": {k: finite(float(v)) for k, v in result.metrics().items()},
+        "seeds": [seed.to_dict() for seed in result.seeds],
+        "seed0_history": [
+            {k: finite(float(v)) for k, v in row.items()} for row in state.get("seed_history", [])
+        ],
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -75,7 +116,8 @@ def table(out: Path) -> str:
         cap = cell["configuration"]["train"]["steps"]
         lines.append(
             f"| {row.label} | {_OPS.get(cell['op'], cell['op'])} | {len(seeds)} "
-            f"| {cell['steps']:,} ({cap:,}) | {n}/{len(seeds)} ({100 * n / len(seeds):.0f}%) "
+            f"| {cell['steps']:,} ({cap:,}){' running' if cell.get('partial') else ''} "
+            f"| {n}/{len(seeds)} ({100 * n / len(seeds):.0f}%) "
             f"| {100 * lo:.0f}–{100 * hi:.0f}% | {_fmt(cell['metrics'].get('solved_at_median'))} "
             f"| {'—' if published is None else f'{published.success:.0f}%'} "
             f"| {_fmt(None if published is None else published.solved_at)} |"
@@ -89,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("studies"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/madsen-study"))
     parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="also running trials, as of their last checkpoint (marked 'running')",
+    )
+    parser.add_argument(
         "--smoke-test", action="store_true", help="only print the table of the committed cells"
     )
     args = parser.parse_args(argv)
@@ -96,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(Path(__file__).resolve().parent / "results" / "madsen-study"))
         return 0
     for study in args.study:
-        cells = collect(study, args.workdir, args.out)
+        cells = collect(study, args.workdir, args.out, partial=args.partial)
         print(f"{study}: {len(cells)} cell(s) -> {args.out / 'cells'}")
     text = table(args.out)
     (args.out / "table.md").write_text(text)

@@ -380,10 +380,12 @@ def _hashed_subset_sums(
         z = (_mix32(position) ^ low) + high
         return (_mix32(z) & 0xFFFFFF) * scale + lo
 
-    a, b = value(base), value(base + shift)
+    # the span's numbers hashed once each: the two subsets share size - shift of them
+    values = [value(base + k) for k in range(shift + size)]
+    a, b = values[0], values[shift]
     for j in range(1, size):
-        a = a + value(base + j)
-        b = b + value(base + (shift + j))
+        a = a + values[j]
+        b = b + values[shift + j]
     return a, b
 
 
