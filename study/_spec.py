@@ -623,20 +623,37 @@ def _largest(space: Any, name: str, default: int) -> int:
     return default
 
 
-def trial_bytes(*, seeds: int, batch: int, width: int, dtype: str = "float32") -> int:
+def trial_bytes(
+    *, seeds: int, batch: int, width: int, dtype: str = "float32", eval_samples: int = 0
+) -> int:
     """A rough upper bound of one trial's tensors: inputs, activations and gradients.
 
-    Every replica holds a (batch, width) block per layer, and each is kept about 8 times
-    (input, output, gradients, Adam's moments, evaluation copies).
+    Training: every replica holds a (batch, width) block per layer, and each is kept about
+    8 times (input, output, gradients, Adam's moments, copies). Evaluation: the two shared
+    (eval_samples, width) sets and each replica's targets on them, (seeds, eval_samples);
+    the forward passes themselves go a chunk at a time (nalu_core's population_mse), so they
+    add no (seeds, eval_samples, width) block.
     """
-    return seeds * batch * max(1, width) * 8 * (8 if dtype == "float64" else 4)
+    itemsize = 8 if dtype == "float64" else 4
+    train = seeds * batch * max(1, width) * 8
+    evaluation = 2 * eval_samples * (max(1, width) + seeds)
+    return (train + evaluation) * itemsize
 
 
 def check_trial_size(
-    *, seeds: int, batch: int, width: int, dtype: str, where: str, limit: int
+    *,
+    seeds: int,
+    batch: int,
+    width: int,
+    dtype: str,
+    where: str,
+    limit: int,
+    eval_samples: int = 0,
 ) -> None:
     """Refuses sizes whose tensors could never be allocated, before anything is."""
-    need = trial_bytes(seeds=seeds, batch=batch, width=width, dtype=dtype)
+    need = trial_bytes(
+        seeds=seeds, batch=batch, width=width, dtype=dtype, eval_samples=eval_samples
+    )
     if need > limit:
         raise _fail(
             f"one trial would need about {need / 2**30:.3g} GiB ({seeds} seeds × batch "
@@ -649,9 +666,9 @@ def _check_sizes(training: TrainingSpec, tasks: tuple[TaskConfig, ...], space_re
     space = load_space(space_ref)
     options = dict(training.options)
     defaults = TrainConfig()
-    batch = max(
-        _largest(space, "batch_size", int(options.get("batch_size", defaults.batch_size))),
-        _largest(space, "eval_samples", int(options.get("eval_samples", defaults.eval_samples))),
+    batch = _largest(space, "batch_size", int(options.get("batch_size", defaults.batch_size)))
+    eval_samples = _largest(
+        space, "eval_samples", int(options.get("eval_samples", defaults.eval_samples))
     )
     hidden = _largest(space, "hidden_size", 2)
     for i, task in enumerate(tasks):
@@ -660,6 +677,7 @@ def _check_sizes(training: TrainingSpec, tasks: tuple[TaskConfig, ...], space_re
         check_trial_size(
             seeds=training.seeds,
             batch=batch,
+            eval_samples=eval_samples,
             width=width,
             dtype=str(options.get("dtype", "float32")),
             where=f"tasks[{i}].options.input_size" if width == size else "training",

@@ -253,7 +253,8 @@ def _check_size(config: RunConfig) -> None:
     try:
         check_trial_size(
             seeds=config.train.seeds,
-            batch=max(config.train.batch_size, config.train.eval_samples),
+            batch=config.train.batch_size,
+            eval_samples=config.train.eval_samples,
             width=width,
             dtype=config.train.dtype,
             where="--input-size" if width == size else "--hidden-size",

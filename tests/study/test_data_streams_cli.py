@@ -55,3 +55,32 @@ def test_data_streams_that_do_not_divide_the_seeds_exit_2(tmp_path: Path) -> Non
     assert result.exit_code == 2, result.output
     assert "--data-streams" in " ".join(result.output.split()).replace("│", "")
     assert not out.exists()
+
+
+def test_the_size_check_counts_evaluation_in_chunks() -> None:
+    """The issue's 1024-seed, 100-input run (Madsen's 2 × 10,000 evaluation samples) fits a
+    24 GiB machine: evaluation runs a chunk at a time, so its samples are not a batch of every
+    replica. It was refused as 30.5 GiB when they were counted as one."""
+    from study._spec import check_trial_size, trial_bytes
+
+    need = trial_bytes(seeds=1024, batch=128, width=100, eval_samples=10_000)
+    assert need < 1 * 2**30  # 0.42 GB of training blocks, 82 MB of evaluation sets
+    check_trial_size(
+        seeds=1024,
+        batch=128,
+        width=100,
+        dtype="float32",
+        eval_samples=10_000,
+        where="--input-size",
+        limit=24 * 2**30,
+    )
+    with pytest.raises(SpecError, match="GiB"):
+        check_trial_size(
+            seeds=1024,
+            batch=128,
+            width=10**6,
+            dtype="float32",
+            eval_samples=10_000,
+            where="--input-size",
+            limit=24 * 2**30,
+        )
