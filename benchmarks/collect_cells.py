@@ -26,7 +26,9 @@ from nalu_core import PUBLISHED_ROWS, wilson_interval
 _OPS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
 
 
-def collect(study: str, workdir: Path, out: Path, *, partial: bool = False) -> list[dict[str, Any]]:
+def collect(
+    study: str, workdir: Path, out: Path, *, partial: bool = False
+) -> list[dict[str, Any]]:
     folder = workdir / study
     record = json.loads((folder / "study.json").read_text())
     commands = [" ".join(["nalu-study", *launch["argv"]]) for launch in record["launches"]]

@@ -411,8 +411,14 @@ def test_batch_major_nmu_is_the_reference_product_with_its_gradients(n_in: int, 
 
 
 def test_the_trainer_turns_batch_major_on_for_shared_streams_only() -> None:
-    from nalu_core import LayerConfig, ModelConfig, PopulationTrainer, RunConfig, TaskConfig
-    from nalu_core import TrainConfig
+    from nalu_core import (
+        LayerConfig,
+        ModelConfig,
+        PopulationTrainer,
+        RunConfig,
+        TaskConfig,
+        TrainConfig,
+    )
 
     def flags(streams: int | None) -> set[bool]:
         config = RunConfig(
