@@ -68,34 +68,18 @@ def collect(
 def _partial_cell(checkpoint: Path) -> dict[str, Any] | None:
     """A running trial's cell as of its last checkpoint: the trainer restored from it, and
     its result at that step (``partial`` true; a later collect replaces it)."""
-    import math
-
     import torch
 
     from nalu_core import PopulationTrainer, RunConfig
+    from study._trainable import cell_record
 
     if not checkpoint.exists():
         return None
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")  # tensors only
     trainer = PopulationTrainer(RunConfig.from_dict(state["config"]))
     trainer.load_state_dict(state)
-    result = trainer.result()
-
-    def finite(value: float) -> float | None:
-        return value if math.isfinite(value) else None
-
-    return {
-        "schema": "nalu-study/cell/1",
-        "partial": True,
-        "configuration": result.config.to_dict(),
-        "steps": int(result.steps),
-        "train_seconds": float(result.train_seconds),
-        "metrics": {k: finite(float(v)) for k, v in result.metrics().items()},
-        "seeds": [seed.to_dict() for seed in result.seeds],
-        "seed0_history": [
-            {k: finite(float(v)) for k, v in row.items()} for row in state.get("seed_history", [])
-        ],
-    }
+    record = cell_record(trainer.result(), state.get("seed_history", []))
+    return {**record, "partial": True}
 
 
 def _fmt(value: float | None) -> str:

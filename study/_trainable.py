@@ -266,11 +266,20 @@ def _seed_row(report: EvalReport) -> dict[str, float]:
 
 def _write_cell(path: Path, result: Any, seed_history: list[dict[str, float]]) -> None:
     """``cell.json`` next to the checkpoint (small: committed as a study's result record)."""
+    record = cell_record(result, seed_history)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+def cell_record(result: Any, seed_history: list[dict[str, float]]) -> dict[str, Any]:
+    """A trial's result as a ``cell.json`` record (also built for a running trial's checkpoint
+    by ``benchmarks/collect_cells.py --partial``)."""
 
     def finite(value: float) -> float | None:
         return value if math.isfinite(value) else None
 
-    record = {
+    return {
         "schema": "nalu-study/cell/1",
         "configuration": result.config.to_dict(),
         "steps": int(result.steps),
@@ -279,9 +288,6 @@ def _write_cell(path: Path, result: Any, seed_history: list[dict[str, float]]) -
         "seeds": [s.to_dict() for s in result.seeds],
         "seed0_history": [{k: finite(v) for k, v in row.items()} for row in seed_history],
     }
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
 
 
 @functools.cache
