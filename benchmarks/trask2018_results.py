@@ -85,36 +85,51 @@ def trials(uri: str, study: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda t: (t["task"], t["head"]))
 
 
-def leaderboards(dashboard: str, study: str, tasks: list[str]) -> dict[str, list[str]]:
-    """The dashboard's best-per-head ranking of every task (its leaderboard API)."""
+def leaderboards(dashboard: str, study: str, tasks: list[str]) -> dict[str, list[dict[str, str]]]:
+    """The dashboard's best-per-head ranking of every task (its leaderboard API): per task,
+    the heads in rank order, each with the run the leaderboard picked for it."""
     ranked = {}
     for task in tasks:
         query = urllib.parse.urlencode({"task": task})
         path = urllib.parse.quote(study, safe="")
         body = _get(f"{dashboard}/api/studies/{path}/leaderboard?{query}")
-        ranked[task] = [row["unit"] for row in body["best_per_unit"]]
+        ranked[task] = [
+            {"unit": row["unit"], "run_id": row["run_id"]} for row in body["best_per_unit"]
+        ]
     return ranked
 
 
-def table(rows: list[dict[str, Any]], ranking: dict[str, list[str]]) -> str:
+def table(rows: list[dict[str, Any]], ranking: dict[str, list[dict[str, str]]]) -> str:
+    """One Markdown table per task; a head with several trials gets its rank on the trial
+    the leaderboard picked, "–" on the others."""
     lines = []
     for task in sorted({r["task"] for r in rows}):
         columns = COLUMNS[task]
         lines.append(f"\n{task} (median over seeds / best seed; dashboard rank)\n")
-        lines.append("| rank | head | " + " | ".join(columns) + " | converged |")
-        lines.append("|---" * (len(columns) + 3) + "|")
-        order = ranking.get(task, [])
+        lines.append("| rank | head | lr | " + " | ".join(columns) + " | converged (late share) |")
+        lines.append("|---" * (len(columns) + 4) + "|")
+        order = [entry["unit"] for entry in ranking.get(task, [])]
+        picked = {entry["run_id"] for entry in ranking.get(task, [])}
         for row in sorted(
             (r for r in rows if r["task"] == task),
-            key=lambda r: order.index(r["head"]) if r["head"] in order else len(order),
+            key=lambda r: (
+                order.index(r["head"]) if r["head"] in order else len(order),
+                r["run_id"] not in picked,
+            ),
         ):
             cells = [
                 f"{_text(row['figures'][f'{c}_median'])} / {_text(row['figures'][f'{c}_best'])}"
                 for c in columns
             ]
-            rank = order.index(row["head"]) + 1 if row["head"] in order else "–"
+            rank = order.index(row["head"]) + 1 if row["run_id"] in picked else "–"
             converged = "yes" if row["converged"] else "**no**"
-            lines.append(f"| {rank} | {row['head']} | " + " | ".join(cells) + f" | {converged} |")
+            share = row["train_mse_late_share"]
+            if share is not None:
+                converged += f" ({share:.2g})"
+            lr = row["params"].get("lr", "–")
+            lines.append(
+                f"| {rank} | {row['head']} | {lr} | " + " | ".join(cells) + f" | {converged} |"
+            )
     return "\n".join(lines)
 
 
@@ -136,7 +151,13 @@ def main() -> None:
     )
     print(table(rows, ranking))
     if args.json is not None:
-        document = {"study": args.study, "leaderboard": ranking, "trials": rows}
+        heads = {task: [entry["unit"] for entry in board] for task, board in ranking.items()}
+        document = {
+            "study": args.study,
+            "leaderboard": heads,
+            "leaderboard_runs": ranking,
+            "trials": rows,
+        }
         args.json.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
 
 
