@@ -252,12 +252,54 @@ def log_abs(
     return buf.log_()
 
 
-def _stackable(x: Tensor, out: int) -> bool:
-    """Whether two (P, out, in) weights on ``x`` can share one :func:`_matmul` GEMM with the
-    numbers of two: the data batch (no gradient, so no change in how x's gradient sums up)
-    in the W @ x^T form, which the stacked weight keeps (2·out < in)."""
+def _stackable(x: Tensor, out: int, population: int) -> bool:
+    """Whether two (P, out, in) weights on ``x`` can share one :func:`_matmul` GEMM: the data
+    batch (no gradient, so no change in how x's gradient sums up) in the W @ x^T form, which
+    the stacked weight keeps (2·out < in). With one batch per replica (x (P, B, in)) the
+    stacked GEMM must also give the numbers of two, which depends on the BLAS kernel the CPU
+    gets: :func:`_stacking_is_exact` checks it once per shape."""
     n_in = x.shape[-1]
-    return not x.requires_grad and x.dim() == 3 and n_in > _BROADCAST_MAX_IN and 2 * out < n_in
+    if x.requires_grad or x.dim() != 3 or n_in <= _BROADCAST_MAX_IN or 2 * out >= n_in:
+        return False
+    if x.shape[0] != population:
+        return True  # shared streams (G < P) make no bit-for-bit promise
+    if x.device.type != "cpu":
+        return False
+    key = (population, out, n_in, x.shape[1], x.dtype)
+    exact = _STACKING_EXACT.get(key)
+    if exact is None:
+        exact = _STACKING_EXACT[key] = _stacking_is_exact(*key)
+    return exact
+
+
+# (P, out, in, B, dtype) -> whether stacking two weights keeps every row's bits on this CPU
+_STACKING_EXACT: dict[tuple[int, int, int, int, torch.dtype], bool] = {}
+
+
+def _stacking_is_exact(P: int, out: int, n_in: int, B: int, dtype: torch.dtype) -> bool:
+    """Whether ``_matmul`` of two weights stacked gives the bits of two ``_matmul``s, forward
+    and for the weights' gradients, on random numbers of this shape. A GEMM's summation order
+    comes from its kernel's blocking, not from the numbers, so one probe decides. MKL on an
+    Intel Xeon keeps each row's order whatever the row count; on an AMD EPYC it does not
+    (tests/nalu_core/test_data_streams.py)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(P, B, n_in, generator=gen, dtype=dtype)  # (P, B, in)
+    w1, w2 = (torch.rand(P, out, n_in, generator=gen, dtype=dtype) for _ in range(2))
+    grad = torch.rand(P, B, 2 * out, generator=gen, dtype=dtype)  # (P, B, 2·out)
+    with torch.enable_grad():
+        stacked_w = torch.cat([w1, w2], dim=1).requires_grad_()  # (P, 2·out, in)
+        stacked = _matmul(x, stacked_w)  # (P, B, 2·out)
+        stacked.backward(grad)  # type: ignore[no-untyped-call]
+        parts = []
+        for w, g in ((w1, grad[..., :out]), (w2, grad[..., out:])):
+            w = w.clone().requires_grad_()
+            y = _matmul(x, w)  # (P, B, out)
+            y.backward(g.contiguous())  # type: ignore[no-untyped-call]
+            parts.append((y.detach(), w.grad))
+    assert stacked_w.grad is not None
+    same_forward = torch.equal(stacked.detach(), torch.cat([y for y, _ in parts], dim=-1))
+    same_grad = torch.equal(stacked_w.grad, torch.cat([g for _, g in parts], dim=1))  # type: ignore[misc]
+    return same_forward and same_grad
 
 
 def _r_sparse(weight: Tensor) -> Tensor:
@@ -528,7 +570,7 @@ class NALU(PopulationModule):
 
     def forward(self, x: Tensor) -> Tensor:
         w_add, w_mul = self.weights()
-        if self.gate == "input" and _stackable(x, self.out_features):
+        if self.gate == "input" and _stackable(x, self.out_features, self.population):
             # W and G read the same x: one GEMM over their stacked rows (the same numbers)
             out = self.out_features
             both = _matmul(x, torch.cat([w_add, self.G], dim=1))  # (P, B, 2·out)
