@@ -265,14 +265,17 @@ def _stackable(x: Tensor, out: int, population: int) -> bool:
         return True  # shared streams (G < P) make no bit-for-bit promise
     if x.device.type != "cpu":
         return False
-    key = (population, out, n_in, x.shape[1], x.dtype)
+    # each replica's GEMM is its own batch entry of the bmm: a bounded number of them tells
+    # what every one does, without a second (P, B, in) batch in memory at large P
+    key = (min(population, _PROBE_REPLICAS), out, n_in, x.shape[1], x.dtype)
     exact = _STACKING_EXACT.get(key)
     if exact is None:
         exact = _STACKING_EXACT[key] = _stacking_is_exact(*key)
     return exact
 
 
-# (P, out, in, B, dtype) -> whether stacking two weights keeps every row's bits on this CPU
+_PROBE_REPLICAS = 64
+# (P probed, out, in, B, dtype) -> whether stacking two weights keeps every row's bits here
 _STACKING_EXACT: dict[tuple[int, int, int, int, torch.dtype], bool] = {}
 
 
