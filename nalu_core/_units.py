@@ -173,7 +173,10 @@ class _NarrowProduct(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         xt, weight, *terms = ctx.saved_tensors
         gt = grad.transpose(1, 2)  # (P, out, B)
-        dws, dxs = [], []
+        dws = []
+        # x's gradient is written plane by plane into one (P, in, B): no cat, and with one
+        # output no sum over it (a sum over a size-1 dim is a copy of the same numbers)
+        dxt = xt.new_empty(xt.shape) if ctx.needs_input_grad[0] else None  # (P, in, B)
         for i in range(len(terms)):
             others = [t for j, t in enumerate(terms) if j != i]
             g = gt
@@ -181,9 +184,13 @@ class _NarrowProduct(torch.autograd.Function):
                 g = g * t  # (P, out, B)
             if ctx.needs_input_grad[1]:
                 dws.append((g * (xt[:, i : i + 1] - 1)).sum(-1))  # (P, out)
-            if ctx.needs_input_grad[0]:
-                dxs.append((g * weight[:, :, i : i + 1]).sum(1, keepdim=True))  # (P, 1, B)
-        dx = torch.cat(dxs, 1).transpose(1, 2) if dxs else None  # (P, B, in)
+            if dxt is not None:
+                plane = dxt[:, i : i + 1]  # (P, 1, B)
+                if g.shape[1] == 1:
+                    torch.mul(g, weight[:, :, i : i + 1], out=plane)
+                else:
+                    torch.sum(g * weight[:, :, i : i + 1], 1, keepdim=True, out=plane)
+        dx = dxt.transpose(1, 2) if dxt is not None else None  # (P, B, in)
         dw = torch.stack(dws, -1) if dws else None  # (P, out, in)
         return dx, dw
 
@@ -204,15 +211,20 @@ def ungroup(x: Tensor, population: int) -> Tensor:
     return x.unsqueeze(1).expand(groups, size, *x.shape[1:]).reshape(population, *x.shape[1:])
 
 
+def _grouped_planes(x: Tensor, weight: Tensor) -> Tensor:
+    """W @ x^T -> (P, out, B) with x (G, B, in) shared by groups of P/G replicas: one GEMM
+    per group, its replicas' weights stacked, (G, P/G·out, in) @ (G, in, B)."""
+    (P, out, n_in), G = weight.shape, x.shape[0]
+    stacked = weight.reshape(G, (P // G) * out, n_in)
+    return torch.bmm(stacked, x.transpose(1, 2)).view(P, out, -1)
+
+
 def _matmul(x: Tensor, weight: Tensor) -> Tensor:
     # (P, B, in) @ (P, in, out) -> (P, B, out); x may be (G, B, in), G | P (see ungroup)
     P = weight.shape[0]
     if x.shape[0] != P:
         if x.dim() == 3 and x.shape[-1] > _BROADCAST_MAX_IN:
-            # one GEMM per group: its replicas' weights stacked, (G, P/G·out, in) @ (G, in, B)
-            G, out = x.shape[0], weight.shape[1]
-            stacked = weight.reshape(G, (P // G) * out, weight.shape[2])
-            return torch.bmm(stacked, x.transpose(1, 2)).view(P, out, -1).transpose(1, 2)
+            return _grouped_planes(x, weight).transpose(1, 2)
         x = ungroup(x, P)
     if x.dim() == 3 and x.shape[-1] <= _BROADCAST_MAX_IN:
         y: Tensor = _NarrowMatmul.apply(x, weight)  # type: ignore[no-untyped-call]
@@ -576,8 +588,18 @@ class NALU(PopulationModule):
         if self.gate == "input" and _stackable(x, self.out_features, self.population):
             # W and G read the same x: one GEMM over their stacked rows (the same numbers)
             out = self.out_features
-            both = _matmul(x, torch.cat([w_add, self.G], dim=1))  # (P, B, 2·out)
-            a, logits = both[..., :out], both[..., out:]
+            stacked = torch.cat([w_add, self.G], dim=1)  # (P, 2·out, in)
+            if x.shape[0] != self.population:
+                # split along the planes (P, 2·out, B): its backward is one cat of the two
+                # gradients, in the layout the GEMM's backward reads (slicing (P, B, 2·out)
+                # costs a zero-filled tensor per slice and a transposing copy, 2 ms a step
+                # at G = 32); at G = P the slices stay, as the bits were pinned with them
+                planes = _grouped_planes(x, stacked)  # (P, 2·out, B)
+                a_t, logits_t = torch.split(planes, out, dim=1)  # (P, out, B) each
+                a, logits = a_t.transpose(1, 2), logits_t.transpose(1, 2)
+            else:
+                both = _matmul(x, stacked)  # (P, B, 2·out)
+                a, logits = both[..., :out], both[..., out:]
             if self.gate_b is not None:
                 logits = logits + self.gate_b.unsqueeze(1)
             g = torch.sigmoid(logits)
