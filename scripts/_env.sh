@@ -17,12 +17,14 @@ ensure_venv() {
         "$VENV/bin/pip" install -q "torch==2.13.0"
     fi
     local stamp="$VENV/.nalu-study-installed$extra"
-    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
+        || [ "$ROOT/constraints.txt" -nt "$stamp" ]; then
         echo "==> installing nalu-study${extra:+ with [$extra]}"
+        # constraints.txt pins the tested stack (Ray, MLflow, Optuna), as the image does
         if [ -n "$extra" ]; then
-            "$VENV/bin/pip" install -q -e "$ROOT[$extra]"
+            "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -e "$ROOT[$extra]"
         else
-            "$VENV/bin/pip" install -q -e "$ROOT"
+            "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -e "$ROOT"
         fi
         touch "$stamp"
     fi

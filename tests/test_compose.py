@@ -451,6 +451,25 @@ def test_dockerfile_pins_match_the_installed_stack() -> None:
     assert '"ray[default,tune]==${RAY_VERSION}"' in text
 
 
+def test_constraints_pin_the_stack_the_image_pins() -> None:
+    """constraints.txt (every venv install) and the Dockerfile's ARGs name the same versions."""
+    pins = {}
+    for line in (DOCKERFILE.parent / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name] = version
+    args = _dockerfile_args()
+    assert pins == {
+        "torch": args["TORCH_VERSION"],
+        "ray": args["RAY_VERSION"],
+        "mlflow": args["MLFLOW_VERSION"],
+        "optuna": args["OPTUNA_VERSION"],
+    }
+    for name, version in pins.items():
+        assert importlib.metadata.version(name).split("+")[0] == version, name
+
+
 # --- the PostgreSQL init script, run for real --------------------------------------------------
 
 

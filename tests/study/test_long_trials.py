@@ -85,8 +85,15 @@ def _trials(work: Path) -> list[FrozenTrial]:
 
 
 def _last_reported_step(work: Path) -> int:
-    """The last step the driver received: Tune appends each result to result.json on arrival."""
+    """The last step the driver received.
+
+    The scheduler reports each result to Optuna at its trainer step, committed on arrival;
+    Tune's result.json is also read, but it is a buffered file that lags by thousands of
+    steps (a poll on it alone once missed every window on a loaded CI machine).
+    """
     steps = [0]
+    for trial in _trials(work):
+        steps.extend(int(step) for step in trial.intermediate_values)
     for path in (work / "long" / "ray").glob("launch-*/*/result.json"):
         for line in path.read_text().splitlines():
             if line.strip():
