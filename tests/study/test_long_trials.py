@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,6 +114,20 @@ def _checkpoint_step(trial: FrozenTrial) -> int | None:
         return None
 
 
+class _Output:
+    """The driver's output as it comes, read by a thread: a poll can look at what it printed."""
+
+    def __init__(self, driver: subprocess.Popen[str]) -> None:
+        assert driver.stdout is not None
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self.lines.extend, args=(driver.stdout,))
+        self._thread.start()
+
+    def text(self, timeout: float = 60) -> str:
+        self._thread.join(timeout)  # the pipe closes when the driver is gone
+        return "".join(self.lines)
+
+
 def _wait(predicate: Callable[[], bool], driver: subprocess.Popen[str], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and driver.poll() is None:
@@ -138,17 +153,24 @@ def test_driver_sigkill_then_resume_loses_at_most_one_checkpoint_interval(
     (work / "long").mkdir(parents=True)
     where = ["--workdir", str(work), "--tracking-uri", sqlite_tracking_uri(work / "long")]
     driver = _cli("launch", str(spec), *where)
+    output = _Output(driver)
     try:
 
         def two_checkpoints_in() -> bool:
+            # and a per-trial progress line printed (every 5 s), which the asserts below read
+            if not any(_PROGRESS.search(line) for line in list(output.lines)):
+                return False
             running = [t for t in _trials(work) if t.state == TrialState.RUNNING]
             step = _checkpoint_step(running[0]) if running else None
             return step is not None and step >= 2 * INTERVAL and _last_reported_step(work) > step
 
         reached = _wait(two_checkpoints_in, driver, timeout=240)
-        assert reached, (driver.communicate(timeout=30)[0] or "")[-3000:]
+        if not reached:
+            driver.wait(timeout=30)
+        assert reached, output.text()[-3000:]
         os.kill(driver.pid, signal.SIGKILL)
-        out, _ = driver.communicate(timeout=60)
+        driver.wait(timeout=60)
+        out = output.text()
     finally:
         if driver.poll() is None:
             driver.kill()
