@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,31 @@ def test_collect_cells_smoke() -> None:
     proc = _run("collect_cells.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| model | op | seeds |" in proc.stdout
+
+
+def test_gpu_check_parses_and_its_step_limits_fit_ten_minutes(tmp_path: Path) -> None:
+    """gpu_check.sh runs only on a lent GPU: check here that bash can read it and that the
+    timeouts of its steps add up to at most the 10 minutes one device command may run."""
+    script = BENCHMARKS / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    full_cell = int(re.search(r"FULL_CELL_SECONDS:-(\d+)", text)[1])  # type: ignore[index]
+    limits = [
+        full_cell + int(m[1]) if m[0].startswith("$((") else int(m[0])
+        for m in re.findall(
+            r"^\s*step \w+ (\$\(\(FULL_CELL_SECONDS \+ (\d+)\)\)|\d+) ", text, re.M
+        )
+    ]
+    assert len(limits) == 5, limits
+    assert sum(limits) <= 600, limits
+    # without CUDA it stops at once and says why, with a non-zero status
+    proc = subprocess.run(
+        ["bash", str(script), str(tmp_path / "gpu")],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1 and "no CUDA device visible" in proc.stderr, proc.stderr
