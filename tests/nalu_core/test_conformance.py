@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from nalu_core import (
     PUBLISHED_ROWS,
@@ -33,7 +32,6 @@ from nalu_core import (
     TrainResult,
     build_network,
 )
-from study.cli import app
 
 EPS_MADSEN = 1e-5
 EPS_MISTRY = 1e-4
@@ -68,6 +66,12 @@ def _mistry_div_sim(*, n: int = 1_000_000, seed: int = 2022) -> float:
 
 
 def _train_json(tmp_path: Path, *args: str) -> dict[str, Any]:
+    # imported here: the rest of this module needs only nalu_core, so `pytest -m gpu
+    # tests/nalu_core` collects on a bare CUDA image without the study stack (gpu_check.sh)
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
     out = tmp_path / f"r{len(list(tmp_path.iterdir()))}.json"
     base = ["train", "--seeds", "1", "--steps", "1", "--eval-every", "1", "--device", "cpu"]
     result = CliRunner().invoke(app, [*base, *args, "--quiet", "--json", str(out)])
