@@ -107,9 +107,14 @@ def test_sigint_sigkill_and_resume_keep_the_stores_in_agreement(
     client = MlflowClient(mlflow_server.uri)
     trials = compare_stores(client, postgres_url, name)
     failed = {t.number for t in trials if t.state == TrialState.FAIL}
-    assert interrupted <= failed, (interrupted, failed)
+    assert failed and not [t for t in trials if t.state == TrialState.RUNNING], trials
+    # a trial seen RUNNING just before the signal may have finished before it landed (the
+    # Ctrl-C then hit the one started next): then it is COMPLETE with its whole budget
+    for t in trials:
+        if t.number in interrupted and t.number not in failed:
+            assert t.state == TrialState.COMPLETE and t.user_attrs["step"] == 1200, t
     for run in trial_runs(client, name):
-        if int(run.data.tags["nalu.optuna_trial"]) in interrupted:
+        if int(run.data.tags["nalu.optuna_trial"]) in failed:
             assert run.data.tags["nalu.state"] == "FAIL" and run.info.status != "FINISHED"
 
     # 2. resume, SIGKILL it while a trial runs, 3. resume to the end
