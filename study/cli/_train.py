@@ -280,6 +280,12 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
+def _pct(value: float) -> str:
+    """A share as a percentage: below 10% with one decimal, so that the upper end of 0/1024's
+    interval reads 0.4% and not a degenerate [0%, 0%]."""
+    return f"{value:.1%}" if 0 < value < 0.1 else f"{value:.0%}"
+
+
 def _summary(console: Console, result: Any) -> None:
     m = result.metrics()
     lo, hi = result.success_ci
@@ -290,13 +296,13 @@ def _summary(console: Console, result: Any) -> None:
     table.add_column("value", justify="right")
     table.add_row(
         "success rate (Wilson 95% CI)",
-        f"{successes}/{n} = {m['success_rate']:.0%} [{lo:.0%}, {hi:.0%}]",
+        f"{successes}/{n} = {_pct(m['success_rate'])} [{_pct(lo)}, {_pct(hi)}]",
     )
     if result.config.train.data_streams not in (None, n):
         lo_adj, hi_adj = result.success_ci_adjusted
         table.add_row(
             f"  adjusted for {result.config.train.data_streams} shared streams",
-            f"[{lo_adj:.0%}, {hi_adj:.0%}], intra-group correlation "
+            f"[{_pct(lo_adj)}, {_pct(hi_adj)}], intra-group correlation "
             f"{_fmt(result.intra_group_correlation)}",
         )
     table.add_row("threshold (extrapolation MSE)", _fmt(result.threshold))

@@ -113,3 +113,16 @@ def test_train_with_no_arguments_names_its_defaults() -> None:
     assert (
         line.startswith("training ") and "seeds x" in line and line.endswith("--help to choose]")
     )
+
+
+def test_summary_percentages_keep_a_decimal_below_ten_percent() -> None:
+    from study.cli._train import _pct
+
+    assert [_pct(v) for v in (0.0, 0.0037, 0.094, 0.1, 0.56, 1.0)] == [
+        "0%",
+        "0.4%",
+        "9.4%",
+        "10%",
+        "56%",
+        "100%",
+    ]
