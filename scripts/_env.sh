@@ -12,20 +12,17 @@ ensure_venv() {
         "$PY" -m venv "$VENV"
         "$VENV/bin/pip" install -q --upgrade pip
     fi
+    # constraints.txt pins the tested stack (torch, Ray, MLflow, Optuna), as the image does
+    local constraints="$ROOT/constraints.txt"
     if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-        echo "==> installing torch==2.13.0 (CPU build) first"
-        "$VENV/bin/pip" install -q "torch==2.13.0"
+        echo "==> installing torch first, at its pin in constraints.txt (the CPU build)"
+        "$VENV/bin/pip" install -q -c "$constraints" torch
     fi
     local stamp="$VENV/.nalu-study-installed$extra"
     if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
-        || [ "$ROOT/constraints.txt" -nt "$stamp" ]; then
+        || [ "$constraints" -nt "$stamp" ]; then
         echo "==> installing nalu-study${extra:+ with [$extra]}"
-        # constraints.txt pins the tested stack (Ray, MLflow, Optuna), as the image does
-        if [ -n "$extra" ]; then
-            "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -e "$ROOT[$extra]"
-        else
-            "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -e "$ROOT"
-        fi
+        "$VENV/bin/pip" install -q -c "$constraints" -e "$ROOT${extra:+[$extra]}"
         touch "$stamp"
     fi
     export PATH="$VENV/bin:$PATH"

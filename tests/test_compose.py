@@ -465,9 +465,7 @@ def test_constraints_pin_the_stack_the_image_pins() -> None:
         "ray": args["RAY_VERSION"],
         "mlflow": args["MLFLOW_VERSION"],
         "optuna": args["OPTUNA_VERSION"],
-    }
-    for name, version in pins.items():
-        assert importlib.metadata.version(name).split("+")[0] == version, name
+    }  # and those ARGs equal the installed venv: the two tests above
 
 
 # --- the PostgreSQL init script, run for real --------------------------------------------------

@@ -85,15 +85,15 @@ def _trials(work: Path) -> list[FrozenTrial]:
     return study.get_trials()
 
 
-def _last_reported_step(work: Path) -> int:
-    """The last step the driver received.
+def _last_reported_step(work: Path, trials: list[FrozenTrial]) -> int:
+    """The last step the driver received, from ``trials`` (:func:`_trials`) and result.json.
 
     The scheduler reports each result to Optuna at its trainer step, committed on arrival;
     Tune's result.json is also read, but it is a buffered file that lags by thousands of
     steps (a poll on it alone once missed every window on a loaded CI machine).
     """
     steps = [0]
-    for trial in _trials(work):
+    for trial in trials:
         steps.extend(int(step) for step in trial.intermediate_values)
     for path in (work / "long" / "ray").glob("launch-*/*/result.json"):
         for line in path.read_text().splitlines():
@@ -160,9 +160,12 @@ def test_driver_sigkill_then_resume_loses_at_most_one_checkpoint_interval(
             # and a per-trial progress line printed (every 5 s), which the asserts below read
             if not any(_PROGRESS.search(line) for line in list(output.lines)):
                 return False
-            running = [t for t in _trials(work) if t.state == TrialState.RUNNING]
+            trials = _trials(work)
+            running = [t for t in trials if t.state == TrialState.RUNNING]
             step = _checkpoint_step(running[0]) if running else None
-            return step is not None and step >= 2 * INTERVAL and _last_reported_step(work) > step
+            if step is None or step < 2 * INTERVAL:
+                return False
+            return _last_reported_step(work, trials) > step
 
         reached = _wait(two_checkpoints_in, driver, timeout=240)
         if not reached:
@@ -175,9 +178,10 @@ def test_driver_sigkill_then_resume_loses_at_most_one_checkpoint_interval(
         if driver.poll() is None:
             driver.kill()
             driver.wait()
-    reported = _last_reported_step(work)
-    killed = [t for t in _trials(work) if t.state == TrialState.RUNNING]
-    assert len(killed) == 1, [t.state for t in _trials(work)]
+    after_kill = _trials(work)
+    reported = _last_reported_step(work, after_kill)
+    killed = [t for t in after_kill if t.state == TrialState.RUNNING]
+    assert len(killed) == 1, [t.state for t in after_kill]
     lines = [m for m in _PROGRESS.finditer(out)]
     assert lines, f"no per-trial progress line in:\n{out[-2000:]}"
     last = lines[-1]
